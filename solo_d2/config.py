@@ -1,0 +1,57 @@
+"""Config keys of solo_d2 (``MODEL.SOLO.*``). Defaults are the original SOLO R50-FPN model."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_solo_config"]
+
+
+def add_solo_config(cfg):
+    """Add the ``MODEL.SOLO`` keys to a Detectron2 config (in place)."""
+    cfg.MODEL.SOLO = CN()
+    _C = cfg.MODEL.SOLO
+    # Head variant, a name in solo_d2.modeling.heads.SOLO_HEAD_REGISTRY.
+    _C.HEAD = "SOLO"
+    # Number of foreground classes (no background class).
+    _C.NUM_CLASSES = 80
+    # Backbone features the head reads, one per level (P2..P6 of the ResNet-FPN backbone).
+    _C.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"]
+    # Grid size S per level: the category branch predicts S x S cells, the mask branch S^2 masks.
+    _C.NUM_GRIDS = [40, 36, 24, 16, 12]
+    # Per level (lower, upper) range of sqrt(gt box area) in input pixels, both ends inclusive.
+    _C.SCALE_RANGES = [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
+    # Head stride per level, after the head resizes P2 by 0.5 and P6 to P5's size. Mask outputs
+    # are at half of it; at inference a mask needs more pixels than this stride (at H/4) to count.
+    _C.FPN_STRIDES = [8, 8, 16, 32, 32]
+    # Scale of the gt box that bounds the centre region of positive cells.
+    _C.SIGMA = 0.2
+    # Number of 3x3 conv + norm + ReLU layers in each of the mask and category towers.
+    _C.NUM_STACKED_CONVS = 7
+    # Channels of the tower convs.
+    _C.FEAT_CHANNELS = 256
+    # Norm of the tower convs ("GN", "BN", "SyncBN", ... or "" for none).
+    _C.NORM = "GN"
+    # Initial foreground probability of the category (and mask) output biases.
+    _C.PRIOR_PROB = 0.01
+    # gt masks with fewer pixels (on the padded input) produce no target.
+    _C.MIN_MASK_PIXELS = 10
+
+    # Losses: Dice on the masks of positive cells, sigmoid focal loss on the category grid.
+    _C.DICE_WEIGHT = 3.0
+    _C.FOCAL_WEIGHT = 1.0
+    _C.FOCAL_ALPHA = 0.25
+    _C.FOCAL_GAMMA = 2.0
+
+    # Inference.
+    # Minimum category probability of a (cell, class) candidate.
+    _C.SCORE_THRESH_TEST = 0.1
+    # Threshold on mask probabilities for binary masks.
+    _C.MASK_THRESH_TEST = 0.5
+    # Candidates kept (by maskness-rescored score) before Matrix NMS.
+    _C.NMS_PRE_TEST = 500
+    # Minimum score after Matrix NMS.
+    _C.UPDATE_THRESH_TEST = 0.05
+    # Matrix NMS decay: "gaussian" or "linear", and the gaussian sigma.
+    _C.NMS_KERNEL = "gaussian"
+    _C.NMS_SIGMA = 2.0
+    # Maximum detections per image.
+    _C.MAX_PER_IMG = 100
+    return cfg

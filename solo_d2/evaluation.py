@@ -1,0 +1,68 @@
+"""Evaluation and training-set-up helpers shared by train_net.py, tools and tests."""
+import logging
+import os
+
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import COCOEvaluator
+
+from .compat import HAS_D2_CPP_OPS
+
+__all__ = ["build_evaluator", "check_dataset_classes", "check_weights", "summarize_results"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_evaluator(cfg, dataset_name, output_folder=None):
+    """Detectron2's ``COCOEvaluator`` for mask AP and box AP (SOLO outputs tight mask boxes).
+
+    The fast C++ COCO evaluation is used only when detectron2 has its C++ ops.
+    """
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+    if evaluator_type not in ("coco", "lvis"):
+        raise NotImplementedError(
+            f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; solo_d2 evaluates "
+            "COCO-format instance segmentation (evaluator_type 'coco')"
+        )
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+    return COCOEvaluator(
+        dataset_name,
+        tasks=("bbox", "segm"),
+        distributed=True,
+        output_dir=output_folder,
+        use_fast_impl=HAS_D2_CPP_OPS,
+    )
+
+
+def check_dataset_classes(cfg):
+    """Fail early and clearly if a dataset's class count differs from MODEL.SOLO.NUM_CLASSES."""
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != cfg.MODEL.SOLO.NUM_CLASSES:
+            raise ValueError(
+                f"dataset {name!r} has {len(classes)} classes but MODEL.SOLO.NUM_CLASSES is "
+                f"{cfg.MODEL.SOLO.NUM_CLASSES}; set MODEL.SOLO.NUM_CLASSES {len(classes)}"
+            )
+
+
+def check_weights(cfg):
+    """Fail clearly if MODEL.WEIGHTS names a local file that does not exist."""
+    path = cfg.MODEL.WEIGHTS
+    if path and "://" not in path and not os.path.isfile(path):
+        hint = ""
+        if "torchvision" in os.path.basename(path):
+            hint = " (make it with tools/convert_torchvision_resnet.py, see README)"
+        raise FileNotFoundError(f"MODEL.WEIGHTS file {path!r} does not exist{hint}")
+
+
+def summarize_results(results):
+    """One log line per dataset with mask AP and box AP from COCOEvaluator results."""
+    if "segm" in results or "bbox" in results:  # DefaultTrainer.test unwraps a single dataset
+        results = {"": results}
+    lines = []
+    for name, res in results.items():
+        parts = [f"{label} AP {res[task]['AP']:.2f}" for task, label in (("segm", "mask"), ("bbox", "box")) if task in res]
+        lines.append(f"{name or 'evaluation'}: " + ", ".join(parts))
+    for line in lines:
+        logger.info("[solo_d2] %s", line)
+    return lines

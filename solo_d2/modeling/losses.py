@@ -1,0 +1,50 @@
+"""SOLO losses (SOLO.md section 3): Dice on positive masks, sigmoid focal loss on categories."""
+from typing import List
+
+import torch
+import torch.nn.functional as F
+from fvcore.nn import sigmoid_focal_loss
+
+__all__ = ["dice_loss", "mask_loss", "category_focal_loss"]
+
+
+def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 0.001) -> torch.Tensor:
+    """Per-sample Dice loss ``1 - 2 sum(p t) / ((sum(p^2) + eps) + (sum(t^2) + eps))``.
+
+    Args:
+        probs: Float[P, h, w] mask probabilities.
+        targets: Bool/Float[P, h, w] binary targets.
+    Returns:
+        Float[P].
+    """
+    probs = probs.flatten(1)
+    targets = targets.flatten(1).to(probs.dtype)
+    intersection = (probs * targets).sum(dim=1)
+    return 1.0 - 2.0 * intersection / ((probs.pow(2).sum(dim=1) + eps) + (targets.pow(2).sum(dim=1) + eps))
+
+
+def mask_loss(per_level_probs: List[torch.Tensor], per_level_targets: List[torch.Tensor]) -> torch.Tensor:
+    """Mean Dice over all positive samples of all levels (unweighted).
+
+    Args:
+        per_level_probs / per_level_targets: per level Float[P_l, h_l, w_l] / Bool[P_l, h_l, w_l].
+    With no positive sample the result is a zero that stays connected to the graph of the
+    (possibly empty) predictions, so every parameter still gets a (zero) gradient.
+    """
+    losses = torch.cat([dice_loss(p, t) for p, t in zip(per_level_probs, per_level_targets)])
+    return losses.sum() / max(losses.numel(), 1)
+
+
+def category_focal_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_classes: int, alpha: float, gamma: float
+) -> torch.Tensor:
+    """Sigmoid focal loss summed over cells and classes, divided by (#positive cells + 1).
+
+    Args:
+        logits: Float[M, C] category logits of all cells of all levels and images.
+        labels: Long[M] class per cell, background = ``num_classes``.
+    """
+    targets = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)
+    num_pos = (labels != num_classes).sum()
+    loss = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="sum")
+    return loss / (num_pos + 1)

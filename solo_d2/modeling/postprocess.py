@@ -1,0 +1,116 @@
+"""SOLO inference helpers (SOLO.md sections 4-5): points-NMS, Matrix NMS, final masks."""
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["points_nms", "matrix_nms", "select_candidates", "rescore_and_filter", "resize_masks"]
+
+
+def points_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
+    """Keep cells equal to the max of their 2x2 window (themselves, top, left, top-left).
+
+    Args:
+        heat: Float[B, C, S, S] category probabilities.
+    Returns:
+        Float[B, C, S, S]: ``heat`` with non-maximal cells set to 0.
+    """
+    if kernel != 2:
+        raise ValueError(f"points_nms supports kernel=2 (the SOLO setting), got {kernel}")
+    window_max = F.max_pool2d(heat, kernel, stride=1, padding=1)[:, :, :-1, :-1]
+    return heat * (window_max == heat)
+
+
+def matrix_nms(
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    kernel: str = "gaussian",
+    sigma: float = 2.0,
+    mask_areas: torch.Tensor = None,
+) -> torch.Tensor:
+    """Matrix NMS: decay each score by its overlap with higher-scored masks of the same label.
+
+    Args:
+        masks: Bool[N, H, W] binary masks, **sorted by score, descending**.
+        labels: Long[N].
+        scores: Float[N].
+        kernel: "gaussian" (``exp(-sigma * iou^2)``) or "linear" (``1 - iou``).
+        mask_areas: optional Float[N] pixel counts of ``masks``.
+    Returns:
+        Float[N] decayed scores (empty for empty input). Empty or duplicate masks give no NaN.
+    """
+    num = len(labels)
+    if num == 0:
+        return scores.new_zeros((0,))
+    flat = masks.reshape(num, -1).to(scores.dtype)
+    if mask_areas is None:
+        mask_areas = flat.sum(dim=1)
+    inter = flat @ flat.t()
+    union = mask_areas[:, None] + mask_areas[None, :] - inter
+    same_label = labels[:, None] == labels[None, :]
+    # iou[i, j] for i < j with the same label, else 0. An empty union means no overlap.
+    iou = torch.where(same_label, inter / union.clamp(min=1e-6), torch.zeros_like(inter)).triu(diagonal=1)
+    # comp[i]: the largest IoU of mask i with any higher-scored mask, i.e. how suppressed i is.
+    compensate = iou.max(dim=0).values[:, None]
+    if kernel == "gaussian":
+        decay = torch.exp(-sigma * iou.pow(2)) / torch.exp(-sigma * compensate.pow(2))
+    elif kernel == "linear":
+        decay = (1 - iou) / (1 - compensate).clamp(min=1e-6)
+    else:
+        raise ValueError(f"Unknown Matrix NMS kernel {kernel!r}; use 'gaussian' or 'linear'")
+    return scores * decay.min(dim=0).values
+
+
+def select_candidates(cate_probs: torch.Tensor, score_thresh: float) -> Tuple[torch.Tensor, ...]:
+    """(cell, class) pairs above the score threshold.
+
+    Args:
+        cate_probs: Float[M, C] points-NMSed category probabilities of all cells of one image.
+    Returns:
+        (cells Long[K], classes Long[K], scores Float[K]), ordered by cell then class.
+    """
+    cells, classes = (cate_probs > score_thresh).nonzero(as_tuple=True)
+    return cells, classes, cate_probs[cells, classes]
+
+
+def rescore_and_filter(
+    mask_probs: torch.Tensor,
+    scores: torch.Tensor,
+    min_pixels: torch.Tensor,
+    mask_thresh: float,
+):
+    """Binarise masks, drop those with ``<= min_pixels`` pixels, rescore by maskness.
+
+    Args:
+        mask_probs: Float[K, h, w]; scores: Float[K]; min_pixels: Float[K] (the level strides).
+    Returns:
+        (keep Bool[K], binary masks Bool[K', h, w], areas Float[K'], rescored scores Float[K']).
+    """
+    binary = mask_probs > mask_thresh
+    areas = binary.sum(dim=(1, 2)).to(mask_probs.dtype)
+    keep = areas > min_pixels
+    binary, areas = binary[keep], areas[keep]
+    maskness = (mask_probs[keep] * binary).sum(dim=(1, 2)) / areas
+    return keep, binary, areas, scores[keep] * maskness
+
+
+def resize_masks(
+    mask_probs: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    mask_thresh: float,
+) -> torch.Tensor:
+    """Soft masks at H/4 -> binary masks at the output size (SOLO.md 4.6).
+
+    Resize to the padded input size, crop the valid ``image_size``, resize to ``output_size``.
+    Args:
+        mask_probs: Float[K, h, w]. Returns Bool[K, *output_size].
+    """
+    if len(mask_probs) == 0:
+        return mask_probs.new_zeros((0, *output_size), dtype=torch.bool)
+    masks = F.interpolate(mask_probs[None], size=padded_size, mode="bilinear", align_corners=False)
+    masks = masks[:, :, : image_size[0], : image_size[1]]
+    masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
+    return masks[0] > mask_thresh

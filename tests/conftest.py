@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny SOLO configs and synthetic inputs that run in milliseconds on CPU."""
+import os
+import sys
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import solo_d2  # noqa: E402,F401  (compat shims before detectron2)
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks  # noqa: E402
+
+TINY_OVERRIDES = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.RESNETS.NORM", "GN",
+    "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.SOLO.NUM_CLASSES", "3",
+    "MODEL.SOLO.NUM_GRIDS", "[8, 6, 5, 4, 3]",
+    "MODEL.SOLO.SCALE_RANGES", "[[1, 24], [12, 48], [24, 96], [48, 192], [96, 2048]]",
+    "MODEL.SOLO.NUM_STACKED_CONVS", "1",
+    "MODEL.SOLO.FEAT_CHANNELS", "32",
+    "MODEL.SOLO.SCORE_THRESH_TEST", "0.0",
+    "MODEL.WEIGHTS", "",
+]
+
+
+def tiny_cfg(config_file="configs/SOLO_shapes_quick.yaml", extra=()):
+    """A SOLO config with a minimal backbone and head (random weights)."""
+    cfg = get_cfg()
+    solo_d2.add_solo_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, config_file))
+    cfg.merge_from_list(TINY_OVERRIDES + list(extra))
+    return cfg
+
+
+def square_masks(boxes, height, width):
+    """Bool[N, height, width] filled boxes (XYXY ints)."""
+    masks = torch.zeros((len(boxes), height, width), dtype=torch.bool)
+    for k, (x1, y1, x2, y2) in enumerate(boxes):
+        masks[k, y1:y2, x1:x2] = True
+    return masks
+
+
+def make_input(boxes, classes, height=64, width=80, mask_format="bitmask", seed=0):
+    """A Detectron2 training input with box-shaped gt masks in the given format."""
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+    instances = Instances((height, width))
+    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    if mask_format == "bitmask":
+        instances.gt_masks = BitMasks(square_masks(boxes, height, width))
+    elif mask_format == "polygon":
+        instances.gt_masks = PolygonMasks(
+            [[[x1, y1, x2, y1, x2, y2, x1, y2]] for x1, y1, x2, y2 in boxes]
+        )
+    return {"image": image, "instances": instances, "height": height, "width": width,
+            "image_id": seed, "file_name": f"synthetic_{seed}.png"}
+
+
+@pytest.fixture
+def tiny_model():
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_cfg())

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Run a trained SOLO model on images and draw its predictions.
+
+    python tools/predict.py --config-file configs/SOLO_shapes_quick.yaml \
+        --input datasets/shapes/val --output output/vis [--json preds.json] \
+        MODEL.WEIGHTS output/SOLO_shapes_quick/model_final.pth
+
+``--input`` takes image files, folders (their images, sorted) or glob patterns. Each image is
+written to ``--output`` as a PNG with masks, classes and scores drawn by Detectron2's
+``Visualizer``. ``--json`` also writes COCO-style results (RLE masks, XYWH boxes, 1-based
+``category_id`` in the order of ``thing_classes``, plus ``file_name``).
+"""
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import solo_d2  # noqa: E402  (compat shims and registrations before detectron2)
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.engine import DefaultPredictor  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
+from solo_d2.evaluation import check_weights  # noqa: E402
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+logger = logging.getLogger("solo_d2.predict")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or globs")
+    parser.add_argument("--output", required=True, help="folder for the drawn PNGs")
+    parser.add_argument("--json", help="also write COCO-style results to this file")
+    parser.add_argument("--confidence-threshold", type=float, default=0.3, help="min score drawn")
+    parser.add_argument("--max-images", type=int, default=0, help="stop after N images (0: all)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser
+
+
+def list_images(inputs):
+    """Image paths from files, folders and glob patterns, in a stable order."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            names = sorted(os.listdir(item))
+            paths += [os.path.join(item, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(item):
+            paths.append(item)
+        else:
+            matches = sorted(glob.glob(os.path.expanduser(item)))
+            if not matches:
+                raise FileNotFoundError(f"--input {item!r} is neither a file, a folder nor a matching glob")
+            paths += matches
+    return paths
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    solo_d2.add_solo_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("no weights to predict with: add MODEL.WEIGHTS path/to/model.pth")
+    check_weights(cfg)
+    return cfg
+
+
+def instances_to_coco(instances, file_name, image_id):
+    """COCO-style result dicts of one image's predictions."""
+    results = []
+    boxes = instances.pred_boxes.tensor.numpy()
+    for k in range(len(instances)):
+        rle = mask_util.encode(np.asfortranarray(instances.pred_masks[k].numpy().astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        x1, y1, x2, y2 = boxes[k].tolist()
+        results.append(
+            {
+                "image_id": image_id,
+                "file_name": file_name,
+                "category_id": int(instances.pred_classes[k]) + 1,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(instances.scores[k]),
+                "segmentation": rle,
+            }
+        )
+    return results
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="solo_d2")
+    cfg = setup_cfg(args)
+    paths = list_images(args.input)
+    if args.max_images > 0:
+        paths = paths[: args.max_images]
+    if not paths:
+        raise FileNotFoundError(f"no images found in {args.input}")
+    predictor = DefaultPredictor(cfg)
+    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    os.makedirs(args.output, exist_ok=True)
+    coco_results = []
+    for image_id, path in enumerate(tqdm.tqdm(paths, desc="predict")):
+        image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, as DefaultPredictor expects
+        if image is None:
+            raise OSError(f"cannot read image {path!r}")
+        instances = predictor(image)["instances"].to("cpu")
+        keep = instances[instances.scores >= args.confidence_threshold]
+        drawing = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
+        drawing = drawing.draw_instance_predictions(keep).get_image()
+        out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
+        cv2.imwrite(out_path, drawing[:, :, ::-1])
+        coco_results += instances_to_coco(instances, path, image_id)
+    logger.info("wrote %d drawn predictions to %s", len(paths), args.output)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(coco_results, f)
+        logger.info("wrote %d COCO-style results to %s", len(coco_results), args.json)
+    return coco_results
+
+
+if __name__ == "__main__":
+    main()

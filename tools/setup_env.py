@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""One-command, idempotent set-up of the solo_d2 development environment.
+
+Creates ``.venv/`` in the repository root and installs, in order:
+
+1. ``venv``        the virtual environment itself;
+2. ``torch``       torch==2.14.1 / torchvision==0.29.1 (taken from this machine's disk by pip);
+3. ``detectron2``  kept untouched when the interpreter already imports one (e.g. an official
+                   build with CUDA ops); otherwise the official v0.6 Python sources from the PyPI
+                   sdist ``pb1-detectron2==0.6``, installed as a proper ``detectron2``
+                   distribution without its C++ ops (their sources are absent from the sdist);
+4. ``solo_d2``     this package (editable) with its runtime and test dependencies.
+
+A detectron2 importable by the base interpreter is inherited through
+``--system-site-packages`` and is never replaced. Each step first checks whether it is already
+done, so a second run on a ready venv only performs those checks (a few seconds) and prints
+``nothing to do``. A failing step prints its name, the command and pip's output.
+
+Usage: ``python3 tools/setup_env.py [--venv DIR] [--python PYTHON]`` (``make setup`` calls it).
+"""
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TORCH_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
+DETECTRON2_SDIST = "pb1-detectron2==0.6"
+STAMP_NAME = ".solo_d2-setup-stamp"
+
+
+class SetupError(RuntimeError):
+    pass
+
+
+def log(msg):
+    print(f"[setup] {msg}", flush=True)
+
+
+def run(step, cmd, **kwargs):
+    """Run ``cmd``; on failure raise a SetupError naming the step, the command and its output."""
+    proc = subprocess.run(
+        [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-40:])
+        raise SetupError(
+            f"step '{step}' failed (exit code {proc.returncode}) running:\n  {' '.join(map(str, cmd))}\n"
+            f"--- last lines of its output ---\n{tail}"
+        )
+    return proc.stdout
+
+
+def find_module(python, module):
+    """Return ``(version, origin)`` if ``python`` can find ``module``, else None.
+
+    Only locates the module (it is not imported: detectron2's import needs its dependencies,
+    which step 4 installs); the version comes from the installed distribution when there is one.
+    """
+    code = (
+        "import importlib.util, importlib.metadata as md, sys\n"
+        "spec = importlib.util.find_spec(sys.argv[1])\n"
+        "if spec is None: sys.exit(1)\n"
+        "try: version = md.version(sys.argv[1])\n"
+        "except md.PackageNotFoundError: version = 'unknown'\n"
+        "print(version); print(spec.origin)"
+    )
+    proc = subprocess.run(
+        [str(python), "-c", code, module], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    if proc.returncode != 0:
+        return None
+    version, origin = proc.stdout.strip().splitlines()[-2:]
+    return version, origin
+
+
+def step_venv(venv, base_python):
+    python = venv / "bin" / "python"
+    if python.exists():
+        log(f"venv: {venv} exists")
+        return python, False
+    inherit = find_module(base_python, "detectron2") is not None
+    cmd = [base_python, "-m", "venv", venv]
+    if inherit:
+        # Make the user's own detectron2 (and the torch it was built against) visible in the venv.
+        cmd.insert(3, "--system-site-packages")
+        log("venv: the base interpreter already imports detectron2; the venv will inherit it")
+    log(f"venv: creating {venv}")
+    run("venv", cmd)
+    return python, True
+
+
+def step_torch(python):
+    found = find_module(python, "torch")
+    if found and find_module(python, "torchvision"):
+        log(f"torch: found torch {found[0]}, keeping it")
+        return False
+    log(f"torch: installing {' '.join(TORCH_REQUIREMENTS)}")
+    run("torch", [python, "-m", "pip", "install", *TORCH_REQUIREMENTS])
+    return True
+
+
+def _patch_detectron2_setup(src):
+    """Make the v0.6 sdist buildable as a pure-Python ``detectron2`` distribution.
+
+    Only ``setup.py`` changes (the ``detectron2`` sources stay byte for byte): the distribution
+    name, no C++ extension (``detectron2/layers/csrc`` is not in the sdist) and no install
+    requirements (solo_d2's ``setup.cfg`` lists the runtime dependencies that are really used,
+    without the formatter pins of the original list). Model-zoo configs are copied to the
+    top-level ``configs/`` that its ``setup.py`` packages them from.
+    """
+    setup_py = src / "setup.py"
+    text = setup_py.read_text()
+    replacements = [
+        (r'name="pb1-detectron2"', 'name="detectron2"'),
+        (r"ext_modules=get_extensions\(\)", "ext_modules=[]"),
+        (r"install_requires=\[.*?\n    \],", "install_requires=[],"),
+    ]
+    for pattern, new in replacements:
+        text, count = re.subn(pattern, new, text, count=1, flags=re.S)
+        if count != 1:
+            raise SetupError(f"step 'detectron2': unexpected setup.py in the sdist ({pattern!r} not found)")
+    setup_py.write_text(text)
+    zoo_configs = src / "detectron2" / "model_zoo" / "configs"
+    if not (src / "configs").exists():
+        shutil.copytree(zoo_configs, src / "configs")
+    shutil.rmtree(zoo_configs)  # setup.py links it back to the top-level configs/
+
+
+def step_detectron2(python):
+    found = find_module(python, "detectron2")
+    if found:
+        log(f"detectron2: found detectron2 {found[0]} at {Path(found[1]).parent}, keeping it")
+        return False
+    log(f"detectron2: installing the official v0.6 sources from the PyPI sdist {DETECTRON2_SDIST}")
+    with tempfile.TemporaryDirectory(prefix="solo_d2-detectron2-") as tmp:
+        tmp = Path(tmp)
+        # --no-build-isolation: the sdist's setup.py imports torch, which is in the venv already.
+        run(
+            "detectron2 (download sdist)",
+            [python, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+             "--no-build-isolation", "-d", tmp, DETECTRON2_SDIST],
+        )
+        archives = sorted(tmp.glob("*.tar.gz"))
+        if len(archives) != 1:
+            raise SetupError(f"step 'detectron2': expected one sdist in {tmp}, found {archives}")
+        with tarfile.open(archives[0]) as tar:
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        src = next(p for p in tmp.iterdir() if p.is_dir() and (p / "setup.py").exists())
+        _patch_detectron2_setup(src)
+        run(
+            "detectron2 (build and install)",
+            [python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "."],
+            cwd=src,
+        )
+    found = find_module(python, "detectron2")
+    if not found:
+        raise SetupError("step 'detectron2': installed, but `import detectron2` still fails")
+    log(f"detectron2: installed detectron2 {found[0]}")
+    return True
+
+
+def _inputs_digest():
+    """Digest of the files that decide what step 4 installs."""
+    digest = hashlib.sha256()
+    for name in ("setup.cfg", "pyproject.toml", "tools/setup_env.py"):
+        digest.update((REPO / name).read_bytes())
+    return digest.hexdigest()
+
+
+def step_solo_d2(python, venv, force):
+    stamp = venv / STAMP_NAME
+    digest = _inputs_digest()
+    if not force and stamp.exists() and stamp.read_text().strip() == digest:
+        if find_module(python, "solo_d2"):
+            log("solo_d2: installed and up to date")
+            return False
+    log("solo_d2: installing runtime + test dependencies and solo_d2 (editable)")
+    # setuptools<81 is needed before the editable build (it provides pkg_resources too).
+    run("solo_d2 (build tools)", [python, "-m", "pip", "install", "setuptools>=61,<81", "wheel"])
+    run(
+        "solo_d2 (editable install)",
+        [python, "-m", "pip", "install", "--no-build-isolation", "-e", ".[test]"],
+        cwd=REPO,
+    )
+    stamp.write_text(digest + "\n")
+    return True
+
+
+def step_verify(python):
+    out = run(
+        "verify",
+        [python, "-c", "import detectron2, solo_d2; print(detectron2.__version__, solo_d2.HAS_D2_CPP_OPS)"],
+    )
+    version, has_ops = out.strip().splitlines()[-1].split()
+    log(f"verify: `import solo_d2, detectron2` works (detectron2 {version}, C++ ops: {has_ops})")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--venv", default=os.environ.get("SOLO_D2_VENV", REPO / ".venv"), type=Path)
+    parser.add_argument("--python", default=sys.executable, help="interpreter that creates the venv")
+    args = parser.parse_args()
+    venv = args.venv.resolve()
+    try:
+        python, created = step_venv(venv, args.python)
+        changed = [created, step_torch(python), step_detectron2(python)]
+        changed.append(step_solo_d2(python, venv, force=any(changed)))
+        step_verify(python)
+    except SetupError as e:
+        print(f"[setup] FAILED: {e}", file=sys.stderr, flush=True)
+        return 1
+    log("ready: nothing to do" if not any(changed) else f"ready: {python}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+#!/usr/bin/env python
+"""Train or evaluate SOLO with Detectron2's DefaultTrainer.
+
+    python train_net.py --config-file configs/SOLO_R50_1x.yaml
+    python train_net.py --config-file configs/SOLO_R50_1x.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file ... --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+"""
+import logging
+import os
+
+import torch
+
+import solo_d2  # noqa: F401  (compat shims, SOLO registration, embedded datasets)
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
+from solo_d2 import add_solo_config
+from solo_d2.evaluation import build_evaluator, check_dataset_classes, check_weights, summarize_results
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with COCO mask + box evaluation."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            summarize_results(results)
+        return results
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_solo_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="solo_d2")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    check_dataset_classes(cfg)
+    check_weights(cfg)
+    if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise ValueError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth")
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def get_parser():
+    return default_argument_parser()
+
+
+if __name__ == "__main__":
+    args = get_parser().parse_args()
+    if args.num_gpus > 1 and not torch.cuda.is_available():
+        raise SystemExit(f"--num-gpus {args.num_gpus} needs CUDA; this machine has none (use --num-gpus 1)")
+    logging.getLogger(__name__).info("Command Line Args: %s", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

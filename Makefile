@@ -1,13 +1,15 @@
-# solo_d2: every target sets itself up first (idempotent; seconds when ready).
+# solo_d2. Every target sets itself up first (idempotent: seconds when the venv is ready).
+#   make demo    train SOLO on the embedded shapes data (CPU), evaluate, draw predictions
+#   make test    run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Main job knobs: `make demo HEAD=... OUTPUT=...`
 CONFIG ?= configs/SOLO_shapes_quick.yaml
 OUTPUT ?= output/demo
+DATASETS ?= $(or $(SOLO_D2_DATASETS),datasets)
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo clean
 
 setup:
 	@$(PYTHON) tools/setup_env.py --venv $(VENV)
@@ -16,7 +18,11 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	$(PY) tools/demo.py --config-file $(CONFIG) --output $(OUTPUT)
+	$(PY) train_net.py --config-file $(CONFIG) OUTPUT_DIR $(OUTPUT)
+	$(PY) tools/predict.py --config-file $(CONFIG) --input $(DATASETS)/shapes/val \
+		--max-images 16 --output $(OUTPUT)/predictions MODEL.WEIGHTS $(OUTPUT)/model_final.pth
+	@grep -h "\[solo_d2\]" $(OUTPUT)/log.txt | tail -n 1
+	@echo "drawn predictions: $(OUTPUT)/predictions/"
 
 clean:
 	rm -rf output .pytest_cache

@@ -4,6 +4,8 @@
     python train_net.py --config-file configs/SOLO_R50_1x.yaml
     python train_net.py --config-file configs/SOLO_R50_1x.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file ... --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+    python train_net.py --config-file ... --coco-dataset my_train train.json images/ \
+        DATASETS.TRAIN '("my_train",)' MODEL.SOLO.NUM_CLASSES 3
 """
 import logging
 import os
@@ -18,6 +20,7 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 from solo_d2 import add_solo_config
+from solo_d2.data import register_coco_dataset
 from solo_d2.evaluation import build_evaluator, check_dataset_classes, check_weights, summarize_results
 
 
@@ -32,7 +35,7 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and results:
-            summarize_results(results)
+            summarize_results(results, cfg.DATASETS.TEST)
         return results
 
 
@@ -48,6 +51,8 @@ def setup(args):
 
 
 def main(args):
+    for name, json_file, image_root in args.coco_dataset or ():
+        register_coco_dataset(name, json_file, image_root)
     cfg = setup(args)
     check_dataset_classes(cfg)
     check_weights(cfg)
@@ -69,7 +74,16 @@ def main(args):
 
 
 def get_parser():
-    return default_argument_parser()
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--coco-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
+        help="register a COCO-format dataset under NAME (repeatable), then use NAME in "
+        "DATASETS.TRAIN / DATASETS.TEST",
+    )
+    return parser
 
 
 if __name__ == "__main__":

@@ -55,14 +55,17 @@ def check_weights(cfg):
         raise FileNotFoundError(f"MODEL.WEIGHTS file {path!r} does not exist{hint}")
 
 
-def summarize_results(results):
-    """One log line per dataset with mask AP and box AP from COCOEvaluator results."""
+def summarize_results(results, dataset_names):
+    """Log (and return) one line per dataset with the mask AP and box AP of COCOEvaluator."""
     if "segm" in results or "bbox" in results:  # DefaultTrainer.test unwraps a single dataset
-        results = {"": results}
+        results = {dataset_names[0]: results}
     lines = []
     for name, res in results.items():
-        parts = [f"{label} AP {res[task]['AP']:.2f}" for task, label in (("segm", "mask"), ("bbox", "box")) if task in res]
-        lines.append(f"{name or 'evaluation'}: " + ", ".join(parts))
-    for line in lines:
-        logger.info("[solo_d2] %s", line)
+        parts = [
+            f"{label} AP {res[task]['AP']:.2f}"
+            for task, label in (("segm", "mask"), ("bbox", "box"))
+            if task in res
+        ]
+        lines.append(f"{name}: " + ", ".join(parts))
+        logger.info("[solo_d2] %s", lines[-1])
     return lines

@@ -449,17 +449,15 @@ def _random_instances(seed, valid=(128, 96), padded=(128, 128), num=5):
         ys, xs = np.nonzero(mask)
         masks.append(mask)
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    # one tiny object: 9 pixels (no target, rule 1) or 10 pixels (a target)
+    # one tiny object at a random position in the list: 9 pixels (no target, rule 1) for odd
+    # seeds, 10 pixels (a target) for even seeds
     y0, x0 = rng.randint(0, valid[0] - 5), rng.randint(0, valid[1] - 5)
+    height, width = (3, 3) if seed % 2 else (2, 5)
     tiny = np.zeros(padded, dtype=bool)
-    if seed % 2:
-        tiny[y0:y0 + 3, x0:x0 + 3] = True
-        boxes.append([x0, y0, x0 + 3, y0 + 3])
-    else:
-        tiny[y0:y0 + 2, x0:x0 + 5] = True
-        boxes.append([x0, y0, x0 + 5, y0 + 2])
-    masks.insert(rng.randint(0, num + 1), tiny)
-    boxes.insert(masks.index(tiny) if False else len(boxes) - 1, boxes.pop())
+    tiny[y0:y0 + height, x0:x0 + width] = True
+    position = rng.randint(0, num + 1)
+    masks.insert(position, tiny)
+    boxes.insert(position, [x0, y0, x0 + width, y0 + height])
     classes = rng.randint(0, NUM_CLASSES, size=num + 1)
     return np.stack(masks), np.array(boxes, dtype=np.float32), classes
 

@@ -62,13 +62,15 @@ def center_of_mass(masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def grid_cell(coord: torch.Tensor, size: int, num_grid: int) -> torch.Tensor:
-    """Grid cell of float32 coordinates: ``floor((coord / size) / fp32(1/S))``.
+    """Grid cell of coordinates: ``floor((coord / size) / fp32(1/S))``, divisions in float32.
 
-    Uses exactly ``t // (1. / S)`` on float32, as the original implementation does.
+    The quotient is rounded to float32 before the floor (SOLO.md 2.3). Note that torch's
+    ``t // (1. / S)`` differs exactly on cell boundaries since torch 1.13: it floors the exact
+    quotient (e.g. 0.25 // fp32(1/40) = 9, while floor(fp32(0.25 / fp32(1/40))) = 10).
     Returns Long, not clamped.
     """
     t = coord.to(torch.float32) / size
-    return (t // (1.0 / num_grid)).to(torch.int64)
+    return torch.floor(t / (1.0 / num_grid)).to(torch.int64)
 
 
 def downsample_masks(masks: torch.Tensor, output_stride: int) -> torch.Tensor:

@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Convert torchvision ImageNet ResNet weights to a Detectron2 backbone checkpoint.
+
+The original SOLO checkpoints start from torchvision ("pytorch"-style) ResNets, so the solo_d2
+COCO configs use them too (RGB input, torchvision normalisation, ``STRIDE_IN_1X1: False``):
+
+    python tools/convert_torchvision_resnet.py --depth 50 pretrained/R-50-torchvision.pkl
+    python tools/convert_torchvision_resnet.py --weights resnet50-0676ba61.pth out.pkl
+
+Without ``--weights`` the torchvision weights are downloaded (needs internet access).
+"""
+import argparse
+import os
+import pickle
+import re
+
+import torch
+
+__all__ = ["convert_state_dict"]
+
+_RULES = [
+    (r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}."),
+    (r"\.bn(\d)\.", lambda m: f".conv{m.group(1)}.norm."),
+    (r"\.downsample\.0\.", lambda m: ".shortcut."),
+    (r"\.downsample\.1\.", lambda m: ".shortcut.norm."),
+]
+
+
+def convert_state_dict(state_dict):
+    """torchvision ResNet state dict -> {Detectron2 ResNet name: numpy array}; drops ``fc``."""
+    converted = {}
+    for name, value in state_dict.items():
+        if name.startswith("fc.") or name.endswith("num_batches_tracked"):
+            continue
+        if not name.startswith("layer"):
+            name = "stem." + name.replace("bn1.", "conv1.norm.")
+        for pattern, replace in _RULES:
+            name = re.sub(pattern, replace, name)
+        converted[name] = value.detach().cpu().numpy()
+    return converted
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("output", help="the .pkl to write (set it as MODEL.WEIGHTS)")
+    parser.add_argument("--depth", type=int, default=50, choices=(18, 34, 50, 101, 152))
+    parser.add_argument("--weights", help="a torchvision ResNet state dict (.pth) on disk")
+    args = parser.parse_args(argv)
+    if args.weights:
+        state_dict = torch.load(args.weights, map_location="cpu")
+    else:
+        import torchvision
+
+        model = getattr(torchvision.models, f"resnet{args.depth}")(weights="IMAGENET1K_V1")
+        state_dict = model.state_dict()
+    checkpoint = {
+        "model": convert_state_dict(state_dict),
+        "__author__": "torchvision",
+        "matching_heuristics": True,  # Detectron2 maps these names onto backbone.bottom_up.*
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "wb") as f:
+        pickle.dump(checkpoint, f)
+    print(f"wrote {len(checkpoint['model'])} tensors to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

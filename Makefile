@@ -1,11 +1,13 @@
 # solo_d2. Every target sets itself up first (idempotent: seconds when the venv is ready).
 #   make demo    train SOLO on the embedded shapes data (CPU), evaluate, draw predictions
+#                (make demo HEAD=DecoupledSOLO | DecoupledSOLOLight | SOLOv2 for the other heads)
 #   make test    run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-CONFIG ?= configs/SOLO_shapes_quick.yaml
-OUTPUT ?= output/demo
+HEAD ?= SOLO
+CONFIG ?= configs/$(HEAD)_shapes_quick.yaml
+OUTPUT ?= output/demo$(if $(filter-out SOLO,$(HEAD)),_$(HEAD))
 DATASETS ?= $(or $(SOLO_D2_DATASETS),datasets)
 PYTEST_ARGS ?=
 

@@ -10,6 +10,10 @@ Shims:
   v0.6's module-level ``from detectron2 import _C`` (deformable conv, rotated boxes,
   ROIAlignRotated, the fast COCO evaluator) imports; *using* any op raises an ``ImportError``
   that says what is missing. SOLO needs none of them.
+* ``detectron2.layers.ModulatedDeformConv`` (DCNv2 in ResNet stages,
+  ``MODEL.RESNETS.DEFORM_MODULATED``): without the C++ ops it runs on
+  ``torchvision.ops.deform_conv2d`` (CPU and CUDA), as v0.6 already does for the
+  non-modulated ``DeformConv`` on CPU. Same offset/mask layout, same result.
 * ``PIL.Image.LINEAR``: removed in Pillow 10 but used as a default argument by v0.6's
   ``ExtentTransform``; aliased to ``Image.BILINEAR`` (what it always meant).
 * ``numpy.int`` / ``numpy.float``: removed in NumPy 1.24 but used by v0.6's dataset histogram
@@ -57,6 +61,24 @@ def _install_placeholder_ops():
     detectron2._C = placeholder
 
 
+def _torchvision_modulated_deform_conv(
+    input, offset, mask, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+    deformable_groups=1,
+):
+    """Drop-in for v0.6's ``modulated_deform_conv`` (groups are implied by the tensor shapes)."""
+    from torchvision.ops import deform_conv2d
+
+    return deform_conv2d(
+        input, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask
+    )
+
+
+def _install_deform_conv_fallback():
+    from detectron2.layers import deform_conv
+
+    deform_conv.modulated_deform_conv = _torchvision_modulated_deform_conv
+
+
 def _install_library_aliases():
     if not hasattr(Image, "LINEAR"):
         Image.LINEAR = Image.BILINEAR
@@ -72,4 +94,5 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 HAS_D2_CPP_OPS = cpp_ops_available()
 if not HAS_D2_CPP_OPS:
     _install_placeholder_ops()
+    _install_deform_conv_fallback()
 _install_library_aliases()

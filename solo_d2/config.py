@@ -8,7 +8,8 @@ def add_solo_config(cfg):
     """Add the ``MODEL.SOLO`` keys to a Detectron2 config (in place)."""
     cfg.MODEL.SOLO = CN()
     _C = cfg.MODEL.SOLO
-    # Head variant, a name in solo_d2.modeling.heads.SOLO_HEAD_REGISTRY.
+    # Head variant: "SOLO", "DecoupledSOLO", "DecoupledSOLOLight" or "SOLOv2"
+    # (solo_d2.modeling.heads.SOLO_HEAD_REGISTRY).
     _C.HEAD = "SOLO"
     # Number of foreground classes (no background class).
     _C.NUM_CLASSES = 80
@@ -29,6 +30,17 @@ def add_solo_config(cfg):
     _C.FEAT_CHANNELS = 256
     # Norm of the tower convs ("GN", "BN", "SyncBN", ... or "" for none).
     _C.NORM = "GN"
+    # Make tower convs modulated deformable convs (DCNv2): the last conv of the mask and category
+    # towers, every tower conv for SOLOv2.
+    _C.USE_DCN_IN_TOWER = False
+    # SOLOv2: channels E of the dynamic kernels and of the unified mask features they apply to.
+    _C.KERNEL_CHANNELS = 256
+    # SOLOv2: channels inside the mask-feature branch.
+    _C.MASK_FEATURE_CHANNELS = 128
+    # SOLOv2: the mask-feature branch fuses the first N of MODEL.SOLO.IN_FEATURES (P2..P5).
+    _C.NUM_MASK_FEATURE_LEVELS = 4
+    # SOLOv2: make the 3x3 convs of the mask-feature branch deformable (the DCN configs).
+    _C.USE_DCN_IN_MASK_FEATURES = False
     # Initial foreground probability of the category (and mask) output biases.
     _C.PRIOR_PROB = 0.01
     # gt masks with fewer pixels (on the padded input) produce no target.

@@ -81,7 +81,7 @@ def dense_mask_loss(model, batch):
     dice = []
     for level, num_grid in enumerate(model.num_grids):
         conv = model.head.mask_preds[level]
-        all_probs = conv(outputs.mask_features[level]).sigmoid()  # [B, S^2, h, w]
+        all_probs = conv(outputs.mask_data[level]).sigmoid()  # [B, S^2, h, w]
         for b, x in enumerate(batch):
             level_targets = model.build_targets(x, padded)[level]
             dense = torch.zeros_like(all_probs[b], dtype=torch.bool)  # [S^2, h, w]
@@ -115,7 +115,7 @@ def test_candidate_masks_equal_dense_masks(tiny_model):
         out_size = (padded[0] // 4, padded[1] // 4)
         dense = []
         for level, conv in enumerate(tiny_model.head.mask_preds):
-            probs = conv(outputs.mask_features[level][1:2]).sigmoid()
+            probs = conv(outputs.mask_data[level][1:2]).sigmoid()
             dense.append(F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)[0])
         dense = torch.cat(dense)
         cells = torch.tensor([0, 5, 63, 64, 99, 100, 140, 141, len(dense) - 1])

@@ -4,7 +4,8 @@
 The original SOLO checkpoints start from torchvision ("pytorch"-style) ResNets, so the solo_d2
 COCO configs use them too (RGB input, torchvision normalisation, ``STRIDE_IN_1X1: False``):
 
-    python tools/convert_torchvision_resnet.py --depth 50 pretrained/R-50-torchvision.pkl
+    python tools/convert_torchvision_resnet.py --arch resnet50 pretrained/R-50-torchvision.pkl
+    python tools/convert_torchvision_resnet.py --arch resnext101_64x4d pretrained/X-101-64x4d-torchvision.pkl
     python tools/convert_torchvision_resnet.py --weights resnet50-0676ba61.pth out.pkl
 
 Without ``--weights`` the torchvision weights are downloaded (needs internet access).
@@ -43,7 +44,12 @@ def convert_state_dict(state_dict):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("output", help="the .pkl to write (set it as MODEL.WEIGHTS)")
-    parser.add_argument("--depth", type=int, default=50, choices=(18, 34, 50, 101, 152))
+    parser.add_argument(
+        "--arch",
+        default="resnet50",
+        choices=("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext101_64x4d"),
+        help="torchvision model whose ImageNet weights are downloaded (without --weights)",
+    )
     parser.add_argument("--weights", help="a torchvision ResNet state dict (.pth) on disk")
     args = parser.parse_args(argv)
     if args.weights:
@@ -51,7 +57,7 @@ def main(argv=None):
     else:
         import torchvision
 
-        model = getattr(torchvision.models, f"resnet{args.depth}")(weights="IMAGENET1K_V1")
+        model = getattr(torchvision.models, args.arch)(weights="IMAGENET1K_V1")
         state_dict = model.state_dict()
     checkpoint = {
         "model": convert_state_dict(state_dict),

@@ -1,7 +1,15 @@
 """SOLO model: meta-architecture (registered in Detectron2's META_ARCH_REGISTRY), heads,
 target builder, losses and post-processing."""
-from .heads import SOLO_HEAD_REGISTRY, SOLOHead, SOLOHeadBase, build_solo_head
+from .heads import (
+    SOLO_HEAD_REGISTRY,
+    DecoupledSOLOHead,
+    DecoupledSOLOLightHead,
+    SOLOHead,
+    SOLOHeadBase,
+    SOLOv2Head,
+    build_solo_head,
+)
 from .losses import category_focal_loss, dice_loss, mask_loss
 from .meta_arch import SOLO
 from .postprocess import matrix_nms, points_nms
-from .targets import LevelTargets, build_solo_targets
+from .targets import LevelTargets, build_solo_targets, build_solov2_targets

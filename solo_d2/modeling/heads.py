@@ -1,13 +1,14 @@
-"""SOLO heads (SOLO.md section 1).
+"""SOLO heads: SOLO, Decoupled SOLO, Decoupled SOLO Light and SOLOv2 (SOLO.md section 1).
 
-A head maps the backbone levels to per-level category logits and to per-level mask features,
-and computes mask probabilities **only for requested cells** (positives in training,
-candidates at inference), never all S^2 masks. Variants register in ``SOLO_HEAD_REGISTRY`` and
-are picked by ``MODEL.SOLO.HEAD``; they share the level split, the category branch and the
-layer builders defined here.
+A head maps the backbone levels to per-level category logits and to head-specific mask data,
+and computes mask probabilities **only for requested cells** (the positives in training, the
+candidates at inference), never all S^2 masks. All heads share the level split, the category
+branch, the towers and the target/loss/post-processing code of the meta-architecture; a
+variant differs only in its mask branch (``forward_mask`` / ``mask_probs``). They register in
+``SOLO_HEAD_REGISTRY`` under the ``MODEL.SOLO.HEAD`` value.
 """
 import math
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -17,16 +18,19 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 
+from .layers import conv_tower, coord_features, init_conv, per_sample_conv
+
 __all__ = [
     "SOLO_HEAD_REGISTRY",
-    "register_head",
     "SOLOHeadOutputs",
     "SOLOHeadBase",
     "SOLOHead",
+    "DecoupledSOLOHead",
+    "DecoupledSOLOLightHead",
+    "SOLOv2Head",
+    "MaskFeatureBranch",
     "build_solo_head",
-    "coord_features",
-    "conv_tower",
-    "dynamic_conv1x1",
+    "register_head",
 ]
 
 SOLO_HEAD_REGISTRY = Registry("SOLO_HEAD")
@@ -44,76 +48,29 @@ def register_head(name: str):
 
 
 class SOLOHeadOutputs(NamedTuple):
-    """cate_logits: per level Float[B, C, S, S]; mask_features: per level Float[B, E, h, w]."""
+    """cate_logits: per level Float[B, C, S, S]; mask_data: per level, head-specific."""
 
     cate_logits: List[torch.Tensor]
-    mask_features: List[torch.Tensor]
+    mask_data: List[Any]
 
 
-def coord_features(feature: torch.Tensor) -> torch.Tensor:
-    """CoordConv channels [x, y] for ``feature`` [B, C, H, W]: linspace(-1, 1) over W and H.
-
-    Returns Float[B, 2, H, W].
-    """
-    batch, _, height, width = feature.shape
-    xs = torch.linspace(-1, 1, width, device=feature.device, dtype=feature.dtype)
-    ys = torch.linspace(-1, 1, height, device=feature.device, dtype=feature.dtype)
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([x, y])[None].expand(batch, -1, -1, -1)
-
-
-def conv_tower(in_channels: int, channels: int, num_convs: int, norm: str) -> nn.Sequential:
-    """``num_convs`` x (3x3 conv, norm, ReLU); convs have a bias only without norm."""
-    layers = []
-    for i in range(num_convs):
-        layers.append(
-            Conv2d(
-                in_channels if i == 0 else channels,
-                channels,
-                kernel_size=3,
-                padding=1,
-                bias=not norm,
-                norm=get_norm(norm, channels),
-                activation=F.relu,
-            )
-        )
-    return nn.Sequential(*layers)
-
-
-def init_conv(module: nn.Module, bias: float = 0.0):
-    """normal(std=0.01) weights and constant biases for every conv in ``module``."""
-    for layer in module.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.normal_(layer.weight, std=0.01)
-            if layer.bias is not None:
-                nn.init.constant_(layer.bias, bias)
-
-
-def dynamic_conv1x1(
-    features: torch.Tensor, image_idx: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor = None
-) -> torch.Tensor:
-    """Per-sample 1x1 convolution: sample k applies ``weights[k]`` to ``features[image_idx[k]]``.
-
-    Args:
-        features: Float[B, E, h, w]; image_idx: Long[K]; weights: Float[K, E]; bias: Float[K].
-    Returns:
-        Float[K, h, w] logits, in the order of ``image_idx``. With K = 0 the (empty) result
-        stays connected to ``features`` and ``weights`` in the autograd graph.
-    """
-    batch, _, height, width = features.shape
-    pieces, order = [], []
-    for b in range(batch):
-        selected = (image_idx == b).nonzero()[:, 0]
-        pieces.append(weights[selected] @ features[b].flatten(1))
-        order.append(selected)
-    logits = torch.cat(pieces)[torch.cat(order).argsort()]
-    if bias is not None:
-        logits = logits + bias[:, None]
-    return logits.view(-1, height, width)
+def _resize(probs: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """Bilinear resize of Float[K, h, w] to ``size`` (no-op when None or equal)."""
+    if size is None or tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
 class SOLOHeadBase(nn.Module):
-    """Parts shared by all SOLO heads: level split, category branch, cell bookkeeping."""
+    """Parts shared by all SOLO heads: level split, category branch, configuration.
+
+    Subclasses implement ``forward_mask(level, feature)`` (mask data of one level) and
+    ``mask_probs``; class attributes describe their targets (see ``target_mask_strides``).
+    """
+
+    #: SOLO (True): a cell covered by two gts keeps one mask sample (the later gt's).
+    #: SOLOv2 (False): one mask sample per (gt, cell) pair.
+    one_sample_per_cell = True
 
     def __init__(
         self,
@@ -125,12 +82,18 @@ class SOLOHeadBase(nn.Module):
         num_stacked_convs: int,
         norm: str,
         prior_prob: float,
+        use_dcn_in_tower: bool,
     ):
         super().__init__()
         self.num_classes = num_classes
         self.num_grids = list(num_grids)
+        self.in_channels = in_channels
+        self.feat_channels = feat_channels
+        self.num_stacked_convs = num_stacked_convs
+        self.norm = norm
         self.prior_bias = -math.log((1 - prior_prob) / prior_prob)
-        self.cate_tower = conv_tower(in_channels, feat_channels, num_stacked_convs, norm)
+        self.tower_dcn_layers = self.deformable_tower_layers() if use_dcn_in_tower else ()
+        self.cate_tower = self.tower(in_channels)
         self.cate_pred = nn.Conv2d(feat_channels, num_classes, kernel_size=3, padding=1)
         init_conv(self.cate_tower)
         init_conv(self.cate_pred, bias=self.prior_bias)
@@ -154,7 +117,17 @@ class SOLOHeadBase(nn.Module):
             "num_stacked_convs": head.NUM_STACKED_CONVS,
             "norm": head.NORM,
             "prior_prob": head.PRIOR_PROB,
+            "use_dcn_in_tower": head.USE_DCN_IN_TOWER,
         }
+
+    def deformable_tower_layers(self) -> Sequence[int]:
+        """Tower layers made deformable by ``MODEL.SOLO.USE_DCN_IN_TOWER`` (default: the last)."""
+        return (self.num_stacked_convs - 1,)
+
+    def tower(self, in_channels: int) -> nn.Sequential:
+        return conv_tower(
+            in_channels, self.feat_channels, self.num_stacked_convs, self.norm, self.tower_dcn_layers
+        )
 
     @staticmethod
     def split_features(features: List[torch.Tensor]) -> List[torch.Tensor]:
@@ -163,54 +136,258 @@ class SOLOHeadBase(nn.Module):
         last = F.interpolate(features[-1], size=features[-2].shape[-2:], mode="bilinear", align_corners=False)
         return [first, *features[1:-1], last]
 
-    def category_logits(self, cate_input: torch.Tensor) -> torch.Tensor:
-        """Float[B, Cin, S, S] -> Float[B, C, S, S]."""
-        return self.cate_pred(self.cate_tower(cate_input))
+    def target_mask_strides(self, level_strides: Sequence[int]) -> List[int]:
+        """Output stride of the mask targets per level (SOLO: half the level stride)."""
+        return [s // 2 for s in level_strides]
+
+    def forward(self, features: List[torch.Tensor]) -> SOLOHeadOutputs:
+        levels = self.split_features(features)
+        cate_logits = [
+            self.cate_pred(self.cate_tower(F.interpolate(f, size=s, mode="bilinear", align_corners=False)))
+            for f, s in zip(levels, self.num_grids)
+        ]
+        return SOLOHeadOutputs(cate_logits, self.forward_mask(levels))
+
+    def forward_mask(self, levels: List[torch.Tensor]) -> List[Any]:
+        raise NotImplementedError
 
     def mask_probs(
-        self, outputs: SOLOHeadOutputs, level: int, image_idx: torch.Tensor, cells: torch.Tensor
+        self,
+        outputs: SOLOHeadOutputs,
+        level: int,
+        image_idx: torch.Tensor,
+        cells: torch.Tensor,
+        out_size: Optional[Tuple[int, int]] = None,
     ) -> torch.Tensor:
-        """Mask probabilities of the given cells at one level.
+        """Mask probabilities of the given cells of one level.
 
         Args:
             level: level index; image_idx: Long[K] image of each sample; cells: Long[K] flat
                 cell index ``i * S + j`` at that level.
+            out_size: resize to this (h, w) (bilinear), or None for the level's resolution.
         Returns:
-            Float[K, h, w] at the level's mask resolution.
+            Float[K, h, w].
         """
         raise NotImplementedError
 
 
+def _upsampled_tower_output(tower: nn.Module, feature: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(tower(feature), scale_factor=2, mode="bilinear", align_corners=False)
+
+
 @register_head("SOLO")
 class SOLOHead(SOLOHeadBase):
-    """Vanilla SOLO: a CoordConv mask tower and one 1x1 output channel per grid cell."""
+    """Vanilla SOLO: a CoordConv [x, y] mask tower, then one 1x1 output channel per grid cell.
+
+    mask_data per level: Float[B, E, h, w] tower features (upsampled x2).
+    """
 
     @configurable
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        in_channels, channels = kwargs["in_channels"], kwargs["feat_channels"]
-        self.mask_tower = conv_tower(in_channels + 2, channels, kwargs["num_stacked_convs"], kwargs["norm"])
-        self.mask_preds = nn.ModuleList(nn.Conv2d(channels, s * s, kernel_size=1) for s in self.num_grids)
+        self.mask_tower = self.tower(self.in_channels + 2)
+        self.mask_preds = nn.ModuleList(
+            nn.Conv2d(self.feat_channels, s * s, kernel_size=1) for s in self.num_grids
+        )
         init_conv(self.mask_tower)
         init_conv(self.mask_preds, bias=self.prior_bias)
 
-    def forward(self, features: List[torch.Tensor]) -> SOLOHeadOutputs:
-        cate_logits, mask_features = [], []
-        for feature, num_grid in zip(self.split_features(features), self.num_grids):
-            mask_feature = self.mask_tower(torch.cat([feature, coord_features(feature)], dim=1))
-            mask_features.append(
-                F.interpolate(mask_feature, scale_factor=2, mode="bilinear", align_corners=False)
-            )
-            cate_input = F.interpolate(feature, size=num_grid, mode="bilinear", align_corners=False)
-            cate_logits.append(self.category_logits(cate_input))
-        return SOLOHeadOutputs(cate_logits, mask_features)
+    def forward_mask(self, levels):
+        return [
+            _upsampled_tower_output(self.mask_tower, torch.cat([f, coord_features(f)], dim=1))
+            for f in levels
+        ]
 
-    def mask_probs(self, outputs, level, image_idx, cells):
+    def mask_probs(self, outputs, level, image_idx, cells, out_size=None):
         conv = self.mask_preds[level]
-        logits = dynamic_conv1x1(
-            outputs.mask_features[level], image_idx, conv.weight[cells, :, 0, 0], conv.bias[cells]
+        logits = per_sample_conv(outputs.mask_data[level], image_idx, conv.weight[cells], conv.bias[cells])
+        return _resize(logits.sigmoid(), out_size)
+
+
+class _DecoupledMaskProbs:
+    """Mask of cell (i, j) = sigmoid(y_i) * sigmoid(x_j), from S "x" and S "y" 3x3 output convs.
+
+    Only the x / y channels of the requested cells are computed. At inference (``out_size``)
+    each factor is resized before the product, as the original implementation does.
+    mask_data per level: (x features, y features), Float[B, E, h, w] each (the same tensor
+    for the light head).
+    """
+
+    def _build_decoupled_outputs(self):
+        self.mask_preds_x = nn.ModuleList(
+            nn.Conv2d(self.feat_channels, s, kernel_size=3, padding=1) for s in self.num_grids
         )
-        return logits.sigmoid()
+        self.mask_preds_y = nn.ModuleList(
+            nn.Conv2d(self.feat_channels, s, kernel_size=3, padding=1) for s in self.num_grids
+        )
+        init_conv(self.mask_preds_x, bias=self.prior_bias)
+        init_conv(self.mask_preds_y, bias=self.prior_bias)
+
+    def mask_probs(self, outputs, level, image_idx, cells, out_size=None):
+        num_grid = self.num_grids[level]
+        rows, cols = cells // num_grid, cells % num_grid
+        feat_x, feat_y = outputs.mask_data[level]
+        conv_x, conv_y = self.mask_preds_x[level], self.mask_preds_y[level]
+        probs_x = per_sample_conv(feat_x, image_idx, conv_x.weight[cols], conv_x.bias[cols]).sigmoid()
+        probs_y = per_sample_conv(feat_y, image_idx, conv_y.weight[rows], conv_y.bias[rows]).sigmoid()
+        return _resize(probs_x, out_size) * _resize(probs_y, out_size)
+
+
+@register_head("DecoupledSOLO")
+class DecoupledSOLOHead(_DecoupledMaskProbs, SOLOHeadBase):
+    """Decoupled SOLO: separate x and y mask towers.
+
+    Reading of the original: the x tower gets only the x CoordConv channel and the y tower only
+    the y channel (each input has C + 1 channels), so each factor is conditioned on its own axis.
+    """
+
+    @configurable
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_tower_x = self.tower(self.in_channels + 1)
+        self.mask_tower_y = self.tower(self.in_channels + 1)
+        init_conv(self.mask_tower_x)
+        init_conv(self.mask_tower_y)
+        self._build_decoupled_outputs()
+
+    def forward_mask(self, levels):
+        data = []
+        for f in levels:
+            coords = coord_features(f)
+            data.append(
+                (
+                    _upsampled_tower_output(self.mask_tower_x, torch.cat([f, coords[:, :1]], dim=1)),
+                    _upsampled_tower_output(self.mask_tower_y, torch.cat([f, coords[:, 1:]], dim=1)),
+                )
+            )
+        return data
+
+
+@register_head("DecoupledSOLOLight")
+class DecoupledSOLOLightHead(_DecoupledMaskProbs, SOLOHeadBase):
+    """Decoupled SOLO Light: one CoordConv [x, y] mask tower shared by the x and y outputs.
+
+    With ``USE_DCN_IN_TOWER`` the last conv of each tower is deformable.
+    """
+
+    @configurable
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_tower = self.tower(self.in_channels + 2)
+        init_conv(self.mask_tower)
+        self._build_decoupled_outputs()
+
+    def forward_mask(self, levels):
+        data = []
+        for f in levels:
+            feat = _upsampled_tower_output(self.mask_tower, torch.cat([f, coord_features(f)], dim=1))
+            data.append((feat, feat))
+        return data
+
+
+class MaskFeatureBranch(nn.Module):
+    """SOLOv2's unified mask features at stride 4 from P2..P5.
+
+    Level k: 3x3 conv-norm-ReLU then k x (x2 bilinear upsample [+ 3x3 conv-norm-ReLU before
+    each further upsample]); the coarsest level gets CoordConv [x, y] before its first conv.
+    The levels are summed, then a 1x1 conv-norm-ReLU gives ``out_channels`` (E).
+    """
+
+    def __init__(self, in_channels, channels, out_channels, num_levels, norm, deformable=False):
+        super().__init__()
+        self.levels = nn.ModuleList()
+        for level in range(num_levels):
+            layers = []
+            for j in range(max(level, 1)):
+                extra = 2 if (level == num_levels - 1 and j == 0 and level > 0) else 0
+                layers.append(  # a one-conv tower: 3x3 conv-norm-ReLU
+                    conv_tower(
+                        (in_channels if j == 0 else channels) + extra, channels, 1, norm,
+                        deformable=(0,) if deformable else (),
+                    )
+                )
+                if level > 0:
+                    layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+            self.levels.append(nn.Sequential(*layers))
+        self.predictor = Conv2d(
+            channels, out_channels, kernel_size=1, bias=not norm, norm=get_norm(norm, out_channels),
+            activation=F.relu,
+        )
+        init_conv(self)
+
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+        fused = 0
+        for level, (feature, convs) in enumerate(zip(features, self.levels)):
+            if level == len(self.levels) - 1 and level > 0:
+                feature = torch.cat([feature, coord_features(feature)], dim=1)
+            fused = fused + convs(feature)
+        return self.predictor(fused)
+
+
+@register_head("SOLOv2")
+class SOLOv2Head(SOLOHeadBase):
+    """SOLOv2: per-cell dynamic 1x1 kernels applied to one unified mask-feature map at H/4.
+
+    The kernel branch reads the level feature with CoordConv [x, y], resized to S x S; the
+    category branch reads the same resized tensor without the coord channels. Kernels are E
+    channels, the dynamic conv has no bias. With ``USE_DCN_IN_TOWER`` every tower conv is
+    deformable. mask_data per level: (kernel map Float[B, E, S, S], mask features
+    Float[B, E, H/4, W/4]) (the mask features are shared by all levels).
+    """
+
+    one_sample_per_cell = False
+
+    @configurable
+    def __init__(self, *, kernel_channels: int, mask_feature_channels: int, num_mask_feature_levels: int,
+                 use_dcn_in_mask_features: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.num_mask_feature_levels = num_mask_feature_levels
+        self.kernel_tower = self.tower(self.in_channels + 2)
+        self.kernel_pred = nn.Conv2d(self.feat_channels, kernel_channels, kernel_size=3, padding=1)
+        init_conv(self.kernel_tower)
+        init_conv(self.kernel_pred)
+        self.mask_features = MaskFeatureBranch(
+            self.in_channels, mask_feature_channels, kernel_channels, num_mask_feature_levels,
+            self.norm, deformable=use_dcn_in_mask_features,
+        )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        args = super().from_config(cfg, input_shape)
+        args.update(
+            kernel_channels=cfg.MODEL.SOLO.KERNEL_CHANNELS,
+            mask_feature_channels=cfg.MODEL.SOLO.MASK_FEATURE_CHANNELS,
+            num_mask_feature_levels=cfg.MODEL.SOLO.NUM_MASK_FEATURE_LEVELS,
+            use_dcn_in_mask_features=cfg.MODEL.SOLO.USE_DCN_IN_MASK_FEATURES,
+        )
+        return args
+
+    def deformable_tower_layers(self):
+        return tuple(range(self.num_stacked_convs))
+
+    def target_mask_strides(self, level_strides):
+        return [4] * len(level_strides)
+
+    def forward(self, features):
+        outputs = super().forward(features)
+        # The unified map reads the original P2..P5 (not the split levels).
+        mask_features = self.mask_features(features[: self.num_mask_feature_levels])
+        return SOLOHeadOutputs(outputs.cate_logits, [(k, mask_features) for k in outputs.mask_data])
+
+    def forward_mask(self, levels):
+        kernels = []
+        for f, num_grid in zip(levels, self.num_grids):
+            kernel_input = F.interpolate(
+                torch.cat([f, coord_features(f)], dim=1), size=num_grid, mode="bilinear", align_corners=False
+            )
+            kernels.append(self.kernel_pred(self.kernel_tower(kernel_input)))
+        return kernels
+
+    def mask_probs(self, outputs, level, image_idx, cells, out_size=None):
+        kernel_map, mask_features = outputs.mask_data[level]
+        kernels = kernel_map.flatten(2)[image_idx, :, cells]  # [K, E]
+        logits = per_sample_conv(mask_features, image_idx, kernels[:, :, None, None])
+        return _resize(logits.sigmoid(), out_size)
 
 
 def build_solo_head(cfg, input_shape: Dict[str, ShapeSpec]) -> SOLOHeadBase:

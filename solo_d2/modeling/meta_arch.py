@@ -181,6 +181,8 @@ class SOLO(nn.Module):
             sigma=self.sigma,
             num_classes=self.num_classes,
             min_mask_pixels=self.min_mask_pixels,
+            one_sample_per_cell=self.head.one_sample_per_cell,
+            mask_output_strides=self.head.target_mask_strides(self.strides),
         )
 
     def losses(self, outputs: SOLOHeadOutputs, targets: List[List[LevelTargets]]) -> Dict[str, torch.Tensor]:
@@ -261,22 +263,18 @@ class SOLO(nn.Module):
         """
         out_size = (padded_size[0] // 4, padded_size[1] // 4)
         sizes = torch.tensor([s * s for s in self.num_grids], device=cells.device)
-        starts = torch.cumsum(sizes, 0) - sizes
-        levels = torch.bucketize(cells, torch.cumsum(sizes, 0), right=True)
+        ends = torch.cumsum(sizes, 0)
+        levels = torch.bucketize(cells, ends, right=True)
         probs = []
         for level in range(len(self.num_grids)):
-            local = cells[levels == level] - starts[level]
-            if len(local) == 0:
-                continue
-            level_probs = self.head.mask_probs(outputs, level, torch.full_like(local, image_idx), local)
-            if tuple(level_probs.shape[-2:]) != out_size:
-                level_probs = torch.nn.functional.interpolate(
-                    level_probs[None], size=out_size, mode="bilinear", align_corners=False
-                )[0]
-            probs.append(level_probs)
+            local = cells[levels == level] - (ends[level] - sizes[level])
+            if len(local):
+                probs.append(
+                    self.head.mask_probs(outputs, level, torch.full_like(local, image_idx), local, out_size)
+                )
         strides = torch.tensor(self.strides, device=cells.device, dtype=torch.float32)[levels]
         if not probs:
-            return outputs.mask_features[0].new_zeros((0, *out_size)), strides
+            return torch.zeros((0, *out_size), device=cells.device), strides
         return torch.cat(probs), strides
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 __all__ = [
     "LevelTargets",
     "build_solo_targets",
+    "build_solov2_targets",
     "center_of_mass",
     "downsample_masks",
     "grid_cell",
@@ -216,3 +217,31 @@ def build_solo_targets(
             pos, gt = cell, gt_idx
         levels.append(LevelTargets(cate=cate, pos=pos, gt=gt, masks=resized[output_stride]))
     return levels
+
+
+def build_solov2_targets(
+    gt_boxes: torch.Tensor,
+    gt_classes: torch.Tensor,
+    gt_masks: torch.Tensor,
+    image_size: Tuple[int, int],
+    *,
+    num_grids: Sequence[int] = DEFAULT_NUM_GRIDS,
+    scale_ranges: Sequence[Sequence[float]] = DEFAULT_SCALE_RANGES,
+    strides: Sequence[int] = DEFAULT_STRIDES,
+    sigma: float = 0.2,
+    num_classes: int = 80,
+    min_mask_pixels: int = 10,
+    mask_output_stride: int = 4,
+) -> List[LevelTargets]:
+    """SOLOv2 targets: as :func:`build_solo_targets`, but one mask sample per (gt, cell) pair.
+
+    Per level: ``cate`` Long[S, S] (a cell covered by several gts has the later gt's class);
+    ``pos`` Long[K] cell of each sample (may repeat; ordered by gt index, then row-major cell);
+    ``gt`` Long[K]; ``masks`` Bool[N, H / 4, W / 4] (the unified mask-feature resolution).
+    """
+    return build_solo_targets(
+        gt_boxes, gt_classes, gt_masks, image_size,
+        num_grids=num_grids, scale_ranges=scale_ranges, strides=strides, sigma=sigma,
+        num_classes=num_classes, min_mask_pixels=min_mask_pixels, one_sample_per_cell=False,
+        mask_output_strides=[mask_output_stride] * len(num_grids),
+    )

@@ -1,0 +1,133 @@
+"""Building blocks shared by the SOLO heads."""
+from typing import Collection, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import deform_conv2d
+
+from detectron2.layers import Conv2d, get_norm
+
+__all__ = [
+    "ModulatedDeformConv2d",
+    "conv_tower",
+    "coord_features",
+    "init_conv",
+    "per_sample_conv",
+]
+
+
+def coord_features(feature: torch.Tensor) -> torch.Tensor:
+    """CoordConv channels [x, y] for ``feature`` [B, C, H, W]: linspace(-1, 1) over W and H.
+
+    Returns Float[B, 2, H, W].
+    """
+    batch, _, height, width = feature.shape
+    xs = torch.linspace(-1, 1, width, device=feature.device, dtype=feature.dtype)
+    ys = torch.linspace(-1, 1, height, device=feature.device, dtype=feature.dtype)
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([x, y])[None].expand(batch, -1, -1, -1)
+
+
+class ModulatedDeformConv2d(nn.Conv2d):
+    """Modulated deformable convolution (DCNv2) on ``torchvision.ops.deform_conv2d``.
+
+    Runs on CPU and CUDA (Detectron2 v0.6's DeformConv needs its C++ ops). A 3x3 conv
+    predicts 2 * k * k offsets and k * k modulation masks (sigmoid); both start at zero
+    offsets / 0.5 masks. Optional ``norm`` and ``activation`` like Detectron2's ``Conv2d``.
+    """
+
+    def __init__(self, *args, norm: Optional[nn.Module] = None, activation=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.norm = norm
+        self.activation = activation
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        self.offset_weight = nn.Parameter(torch.zeros(3 * taps, self.in_channels, *self.kernel_size))
+        self.offset_bias = nn.Parameter(torch.zeros(3 * taps))
+
+    def forward(self, x):
+        offset_mask = F.conv2d(
+            x, self.offset_weight, self.offset_bias, self.stride, self.padding, self.dilation
+        )
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        offset, mask = offset_mask[:, : 2 * taps], offset_mask[:, 2 * taps :].sigmoid()
+        x = deform_conv2d(
+            x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask=mask
+        )
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+def conv_tower(
+    in_channels: int,
+    channels: int,
+    num_convs: int,
+    norm: str,
+    deformable: Collection[int] = (),
+) -> nn.Sequential:
+    """``num_convs`` x (3x3 conv, norm, ReLU); convs have a bias only without norm.
+
+    ``deformable``: indices of the layers that are modulated deformable convs.
+    """
+    layers = []
+    for i in range(num_convs):
+        conv_class = ModulatedDeformConv2d if i in deformable else Conv2d
+        layers.append(
+            conv_class(
+                in_channels if i == 0 else channels,
+                channels,
+                kernel_size=3,
+                padding=1,
+                bias=not norm,
+                norm=get_norm(norm, channels),
+                activation=F.relu,
+            )
+        )
+    return nn.Sequential(*layers)
+
+
+def init_conv(module: nn.Module, bias: float = 0.0):
+    """normal(std=0.01) weights and constant biases for every conv in ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.normal_(layer.weight, std=0.01)
+            if layer.bias is not None:
+                nn.init.constant_(layer.bias, bias)
+
+
+def per_sample_conv(
+    features: torch.Tensor,
+    image_idx: torch.Tensor,
+    weights: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Sample k convolves ``features[image_idx[k]]`` with its own filter ``weights[k]``.
+
+    Args:
+        features: Float[B, C, h, w]; image_idx: Long[K]; weights: Float[K, C, k, k] (odd k,
+            "same" padding); bias: Float[K] or None.
+    Returns:
+        Float[K, h, w] in the order of ``image_idx``. An empty result stays connected to the
+        autograd graph of ``features``, ``weights`` and ``bias`` (every parameter gets a
+        gradient, as DistributedDataParallel requires).
+    """
+    batch, _, height, width = features.shape
+    pieces, order = [], []
+    for b in range(batch):
+        selected = (image_idx == b).nonzero()[:, 0]
+        if len(selected):
+            out = F.conv2d(
+                features[b : b + 1],
+                weights[selected],
+                None if bias is None else bias[selected],
+                padding=weights.shape[-1] // 2,
+            )[0]
+        else:
+            anchor = features[b].sum() + weights.sum() + (0 if bias is None else bias.sum())
+            out = features.new_zeros((0, height, width)) + 0 * anchor
+        pieces.append(out)
+        order.append(selected)
+    return torch.cat(pieces)[torch.cat(order).argsort()]

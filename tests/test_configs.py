@@ -1,0 +1,73 @@
+"""Every config in configs/ builds a model that runs a training step and inference on CPU."""
+import glob
+import os
+
+import pytest
+import torch
+
+from conftest import REPO, make_input
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from solo_d2 import add_solo_config
+from solo_d2.modeling.heads import SOLO_HEAD_REGISTRY
+
+CONFIGS = sorted(
+    os.path.basename(p)
+    for p in glob.glob(os.path.join(REPO, "configs", "*.yaml"))
+    if not os.path.basename(p).startswith("Base-")
+)
+
+
+def load(name):
+    cfg = get_cfg()
+    add_solo_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", name))
+    return cfg
+
+
+def test_every_issue_config_exists():
+    expected = {
+        "SOLO_R50_1x", "SOLO_R50_3x", "SOLO_R101_3x",
+        "Decoupled_SOLO_R50_1x", "Decoupled_SOLO_R50_3x", "Decoupled_SOLO_R101_3x",
+        "Decoupled_SOLO_Light_R50_3x", "Decoupled_SOLO_Light_DCN_R50_3x",
+        "SOLOv2_R50_1x", "SOLOv2_R50_3x", "SOLOv2_R101_3x", "SOLOv2_R101_DCN_3x",
+        "SOLOv2_X101_DCN_3x", "SOLOv2_Light_448_R18_3x", "SOLOv2_Light_448_R34_3x",
+        "SOLOv2_Light_448_R50_3x", "SOLOv2_Light_512_DCN_R50_3x",
+        "SOLO_shapes_quick", "DecoupledSOLO_shapes_quick", "DecoupledSOLOLight_shapes_quick",
+        "SOLOv2_shapes_quick",
+    }
+    assert expected <= {c[: -len(".yaml")] for c in CONFIGS}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_trains_and_predicts_on_cpu(name):
+    cfg = load(name)
+    assert cfg.MODEL.META_ARCHITECTURE == "SOLO" and cfg.MODEL.SOLO.HEAD in SOLO_HEAD_REGISTRY
+    cfg.MODEL.WEIGHTS = ""  # ImageNet weights are not on this machine
+    cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    num_classes = cfg.MODEL.SOLO.NUM_CLASSES
+    inputs = [make_input([[4, 6, 30, 40], [20, 10, 60, 50]], [0, num_classes - 1], seed=1)]
+    model.train()
+    losses = model(inputs)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        (result,) = model(inputs)
+    assert result["instances"].image_size == (64, 80)
+
+
+def test_published_schedules():
+    """SOLO.md 6: lr 0.01 at 16 images, warmup 500 from 1/3, clip 35, 1x = 12 and 3x = 36 epochs."""
+    for name in ("SOLO_R50_1x.yaml", "SOLOv2_R50_1x.yaml", "Decoupled_SOLO_R50_1x.yaml"):
+        cfg = load(name)
+        assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.IMS_PER_BATCH) == (0.01, 16)
+        assert cfg.SOLVER.WARMUP_ITERS == 500 and abs(cfg.SOLVER.WARMUP_FACTOR - 1 / 3) < 1e-3
+        assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED and cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE == 35.0
+        assert cfg.SOLVER.MAX_ITER == 90000 and cfg.SOLVER.STEPS == (67500, 82500)
+        assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
+    cfg = load("SOLOv2_R50_3x.yaml")
+    assert cfg.SOLVER.MAX_ITER == 270000 and cfg.SOLVER.STEPS == (202500, 247500)
+    assert cfg.INPUT.MIN_SIZE_TRAIN == (640, 672, 704, 736, 768, 800)

@@ -1,0 +1,211 @@
+"""All SOLO head variants: training/inference, positive-only == dense, overfitting, DCN on CPU."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_input, tiny_cfg
+from detectron2.modeling import build_model
+from solo_d2.modeling.layers import ModulatedDeformConv2d, per_sample_conv
+from solo_d2.modeling.losses import dice_loss
+from solo_d2.modeling.targets import build_solov2_targets
+
+SOLOV2_TINY = ["MODEL.SOLO.KERNEL_CHANNELS", "32", "MODEL.SOLO.MASK_FEATURE_CHANNELS", "32"]
+HEADS = {
+    "SOLO": [],
+    "DecoupledSOLO": [],
+    "DecoupledSOLOLight": [],
+    "SOLOv2": SOLOV2_TINY,
+}
+BOXES = [[4, 6, 30, 40], [20, 10, 60, 50], [40, 30, 78, 62]]
+
+
+def build(head, extra=()):
+    torch.manual_seed(0)
+    return build_model(tiny_cfg(extra=["MODEL.SOLO.HEAD", head, *HEADS[head], *extra]))
+
+
+def batch():
+    return [
+        make_input(BOXES, [0, 1, 2], seed=1),
+        make_input([], [], seed=2),  # no gt
+        make_input([[10, 12, 26, 28]], [2], seed=3, mask_format="polygon"),
+    ]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_train_step_and_inference(head):
+    model = build(head).train()
+    losses = model(batch())
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_ins"] > 0
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    model.eval()
+    model.score_thresh = 0.0
+    with torch.no_grad():
+        results = model(batch())
+    for result in results:
+        instances = result["instances"]
+        assert instances.image_size == (64, 80)
+        assert instances.pred_masks.shape[1:] == (64, 80)
+        assert len(instances.scores) == len(instances.pred_boxes) == len(instances.pred_classes)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_no_gt_batch_trains(head):
+    model = build(head).train()
+    losses = model([make_input([], [], seed=4)])
+    assert losses["loss_ins"].item() == 0.0 and losses["loss_cate"] > 0
+    sum(losses.values()).backward()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_loss_decreases_when_overfitting_one_batch(head):
+    model = build(head).train()
+    inputs = [make_input(BOXES, [0, 1, 2], seed=1)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
+    total, ins = [], []
+    for _ in range(30):
+        losses = model(inputs)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total.append(loss.item())
+        ins.append(losses["loss_ins"].item())
+    assert all(torch.isfinite(torch.tensor(total)))
+    assert sum(total[-5:]) < 0.85 * sum(total[:5])
+    assert sum(ins[-5:]) < sum(ins[:5])  # the masks learn too
+
+
+def resize(probs, size):
+    if size is None:
+        return probs
+    return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def dense_level_probs(model, outputs, level, image, out_size=None):
+    """All S^2 masks of one image at one level, computed the original dense way (at inference
+    resized to ``out_size``: decoupled heads resize the x / y factors before the product)."""
+    head = model.head
+    data = outputs.mask_data[level]
+    if hasattr(head, "mask_preds"):  # SOLO: every output channel of the 1x1 conv
+        return resize(head.mask_preds[level](data[image : image + 1])[0].sigmoid(), out_size)
+    if hasattr(head, "mask_preds_x"):  # decoupled: outer product of all x and y maps
+        x = resize(head.mask_preds_x[level](data[0][image : image + 1])[0].sigmoid(), out_size)
+        y = resize(head.mask_preds_y[level](data[1][image : image + 1])[0].sigmoid(), out_size)
+        return (y[:, None] * x[None, :]).flatten(0, 1)  # cell i * S + j
+    kernels, features = data  # SOLOv2: every cell's kernel
+    weights = kernels[image].flatten(1).t()[:, :, None, None]  # [S^2, E, 1, 1]
+    return resize(F.conv2d(features[image : image + 1], weights)[0].sigmoid(), out_size)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_positive_only_loss_equals_dense_computation(head):
+    model = build(head).train()
+    inputs = batch()
+    torch.manual_seed(0)
+    sparse = model(inputs)["loss_ins"]
+
+    images = model.preprocess_image(inputs)
+    features = model.backbone(images.tensor)
+    outputs = model.head([features[f] for f in model.in_features])
+    padded = images.tensor.shape[-2:]
+    dice = []
+    for b, x in enumerate(inputs):
+        targets = model.build_targets(x, padded)
+        for level in range(len(model.num_grids)):
+            dense = dense_level_probs(model, outputs, level, b)  # [S^2, h, w]
+            t = targets[level]
+            dice.append(dice_loss(dense[t.pos], t.masks[t.gt]))
+    dice = torch.cat(dice)
+    assert len(dice) > 0
+    assert torch.allclose(sparse, model.dice_weight * dice.mean(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_candidate_masks_equal_dense_masks_at_inference(head):
+    model = build(head).eval()
+    with torch.no_grad():
+        images = model.preprocess_image(batch())
+        features = model.backbone(images.tensor)
+        outputs = model.head([features[f] for f in model.in_features])
+        out_size = tuple(s // 4 for s in images.tensor.shape[-2:])
+        for level, num_grid in enumerate(model.num_grids):
+            cells = torch.tensor([0, num_grid + 1, num_grid * num_grid - 1])
+            sparse = model.head.mask_probs(outputs, level, torch.full_like(cells, 2), cells, out_size)
+            dense = dense_level_probs(model, outputs, level, 2, out_size)[cells]
+            assert sparse.shape == (3, *out_size)
+            assert torch.allclose(sparse, dense, atol=1e-6)
+
+
+def test_decoupled_x_and_y_towers_see_only_their_coordinate():
+    model = build("DecoupledSOLO")
+    in_channels = model.head.in_channels
+    assert model.head.mask_tower_x[0].in_channels == in_channels + 1
+    assert model.head.mask_tower_y[0].in_channels == in_channels + 1
+    light = build("DecoupledSOLOLight")
+    assert light.head.mask_tower[0].in_channels == in_channels + 2
+
+
+def test_solov2_targets_keep_one_sample_per_gt_cell_pair():
+    """Two gts whose centre regions overlap: shared cells give two samples, the later gt's class."""
+    masks = torch.zeros((2, 64, 64), dtype=torch.bool)
+    masks[0, 20:44, 16:40] = True  # centre (27.5, 31.5)
+    masks[1, 20:44, 24:48] = True  # centre (35.5, 31.5)
+    boxes = torch.tensor([[16.0, 20, 40, 44], [24.0, 20, 48, 44]])
+    levels = build_solov2_targets(
+        boxes, torch.tensor([3, 5]), masks, (64, 64), num_grids=(8,), scale_ranges=((1, 64),),
+        strides=(8,), sigma=1.0, num_classes=10,
+    )
+    (level,) = levels
+    # gt 0: centre cell (3, 3), region rows 2..4, cols 2..4; gt 1: centre (3, 4), cols 3..5
+    cells0 = [r * 8 + c for r in (2, 3, 4) for c in (2, 3, 4)]
+    cells1 = [r * 8 + c for r in (2, 3, 4) for c in (3, 4, 5)]
+    assert level.pos.tolist() == cells0 + cells1
+    assert level.gt.tolist() == [0] * 9 + [1] * 9
+    assert level.masks.shape == (2, 16, 16)  # stride 4 on every level
+    assert level.cate[3, 3] == 5 and level.cate[3, 2] == 3 and level.cate[3, 5] == 5
+    assert int((level.cate != 10).sum()) == 12
+
+
+def test_modulated_deform_conv_on_cpu():
+    conv = ModulatedDeformConv2d(4, 6, kernel_size=3, padding=1)
+    x = torch.randn(2, 4, 7, 9, requires_grad=True)
+    # zero offsets and sigmoid(0) = 0.5 masks at initialisation: half a plain convolution
+    expected = 0.5 * F.conv2d(x, conv.weight, padding=1) + conv.bias[None, :, None, None]
+    out = conv(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    out.square().sum().backward()
+    assert conv.offset_weight.grad is not None and conv.offset_weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("head,extra", [
+    ("DecoupledSOLOLight", ["MODEL.SOLO.USE_DCN_IN_TOWER", "True"]),
+    ("SOLOv2", ["MODEL.SOLO.USE_DCN_IN_TOWER", "True", "MODEL.SOLO.USE_DCN_IN_MASK_FEATURES", "True",
+                "MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256",
+                "MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, False, False, True]",
+                "MODEL.RESNETS.DEFORM_MODULATED", "True"]),
+])
+def test_deformable_configurations_train_on_cpu(head, extra):
+    model = build(head, extra).train()
+    deformable = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2d)]
+    assert deformable
+    sum(model(batch()).values()).backward()
+    assert all(m.offset_weight.grad is not None for m in deformable)
+    if "MODEL.RESNETS.DEFORM_MODULATED" in extra:  # detectron2's DCNv2 in res5 (compat on CPU)
+        from detectron2.layers import ModulatedDeformConv
+
+        backbone_dcn = [m for m in model.backbone.modules() if isinstance(m, ModulatedDeformConv)]
+        assert backbone_dcn and all(m.weight.grad is not None for m in backbone_dcn)
+
+
+def test_per_sample_conv_matches_grouped_reference():
+    features = torch.randn(2, 3, 5, 6)
+    weights = torch.randn(4, 3, 3, 3)
+    bias = torch.randn(4)
+    image_idx = torch.tensor([1, 0, 1, 0])
+    out = per_sample_conv(features, image_idx, weights, bias)
+    for k in range(4):
+        ref = F.conv2d(features[image_idx[k] : image_idx[k] + 1], weights[k : k + 1], bias[k : k + 1], padding=1)
+        assert torch.allclose(out[k], ref[0, 0], atol=1e-5)

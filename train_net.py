@@ -7,8 +7,8 @@
     python train_net.py --config-file ... --coco-dataset my_train train.json images/ \
         DATASETS.TRAIN '("my_train",)' MODEL.SOLO.NUM_CLASSES 3
 """
+
 import logging
-import os
 
 import torch
 
@@ -21,7 +21,12 @@ from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 from solo_d2 import add_solo_config
 from solo_d2.data import register_coco_dataset
-from solo_d2.evaluation import build_evaluator, check_dataset_classes, check_weights, summarize_results
+from solo_d2.evaluation import (
+    build_evaluator,
+    check_dataset_classes,
+    check_weights,
+    summarize_results,
+)
 
 
 class Trainer(DefaultTrainer):
@@ -89,7 +94,9 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     if args.num_gpus > 1 and not torch.cuda.is_available():
-        raise SystemExit(f"--num-gpus {args.num_gpus} needs CUDA; this machine has none (use --num-gpus 1)")
+        raise SystemExit(
+            f"--num-gpus {args.num_gpus} needs CUDA; this machine has none (use --num-gpus 1)"
+        )
     logging.getLogger(__name__).info("Command Line Args: %s", args)
     launch(
         main,

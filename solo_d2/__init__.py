@@ -4,11 +4,25 @@ Importing the package applies the detectron2 compatibility shims (:mod:`solo_d2.
 registers the ``SOLO`` meta-architecture and the embedded ``shapes_train`` / ``shapes_val``
 datasets.
 """
+
 from . import compat  # noqa: F401  (must run before any other detectron2 import)
 from .compat import HAS_D2_CPP_OPS
 from .config import add_solo_config
 from . import data  # noqa: F401  (registers the embedded datasets)
 from . import modeling  # noqa: F401  (registers the SOLO meta-architecture)
-from .modeling import SOLO, build_solo_targets, matrix_nms, points_nms
+from .data import register_coco_dataset
+from .evaluation import build_evaluator
+from .modeling import SOLO, build_solo_targets, build_solov2_targets, matrix_nms, points_nms
 
 __version__ = "0.1.0"
+__all__ = [
+    "HAS_D2_CPP_OPS",
+    "SOLO",
+    "add_solo_config",
+    "build_evaluator",
+    "build_solo_targets",
+    "build_solov2_targets",
+    "matrix_nms",
+    "points_nms",
+    "register_coco_dataset",
+]

@@ -19,6 +19,7 @@ Shims:
 * ``numpy.int`` / ``numpy.float``: removed in NumPy 1.24 but used by v0.6's dataset histogram
   and evaluators; aliased to the builtins they always were. (``np.bool`` is back in NumPy 2.)
 """
+
 import importlib.util
 import types
 import warnings
@@ -30,7 +31,8 @@ __all__ = ["HAS_D2_CPP_OPS", "MISSING_CPP_OPS_MESSAGE", "cpp_ops_available"]
 
 MISSING_CPP_OPS_MESSAGE = (
     "detectron2 was installed without its C++ ops; rotated boxes, deformable conv and the fast "
-    "COCO evaluator are unavailable. Install detectron2 from source with its C++/CUDA ops to use them."
+    "COCO evaluator are unavailable. Install detectron2 from source with its C++/CUDA ops to "
+    "use them."
 )
 
 
@@ -62,7 +64,15 @@ def _install_placeholder_ops():
 
 
 def _torchvision_modulated_deform_conv(
-    input, offset, mask, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+    input,
+    offset,
+    mask,
+    weight,
+    bias=None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
     deformable_groups=1,
 ):
     """Drop-in for v0.6's ``modulated_deform_conv`` (groups are implied by the tensor shapes)."""
@@ -90,7 +100,9 @@ def _install_library_aliases():
 
 
 # detectron2 scripts a few helpers with torch.jit.script at import; recent torch warns for each.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+)
 HAS_D2_CPP_OPS = cpp_ops_available()
 if not HAS_D2_CPP_OPS:
     _install_placeholder_ops()

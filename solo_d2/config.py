@@ -1,4 +1,5 @@
 """Config keys of solo_d2 (``MODEL.SOLO.*``). Defaults are the original SOLO R50-FPN model."""
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_solo_config"]

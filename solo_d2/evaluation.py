@@ -1,4 +1,5 @@
 """Evaluation and training-set-up helpers shared by train_net.py, tools and tests."""
+
 import logging
 import os
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny SOLO configs and synthetic inputs that run in milliseconds on CPU."""
+
 import os
 import sys
 
@@ -13,18 +14,30 @@ from detectron2.config import get_cfg  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks  # noqa: E402
 
 TINY_OVERRIDES = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    "MODEL.RESNETS.NORM", "GN",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.SOLO.NUM_CLASSES", "3",
-    "MODEL.SOLO.NUM_GRIDS", "[8, 6, 5, 4, 3]",
-    "MODEL.SOLO.SCALE_RANGES", "[[1, 24], [12, 48], [24, 96], [48, 192], [96, 2048]]",
-    "MODEL.SOLO.NUM_STACKED_CONVS", "1",
-    "MODEL.SOLO.FEAT_CHANNELS", "32",
-    "MODEL.SOLO.SCORE_THRESH_TEST", "0.0",
-    "MODEL.WEIGHTS", "",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.RESNETS.NORM",
+    "GN",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+    "MODEL.SOLO.NUM_CLASSES",
+    "3",
+    "MODEL.SOLO.NUM_GRIDS",
+    "[8, 6, 5, 4, 3]",
+    "MODEL.SOLO.SCALE_RANGES",
+    "[[1, 24], [12, 48], [24, 96], [48, 192], [96, 2048]]",
+    "MODEL.SOLO.NUM_STACKED_CONVS",
+    "1",
+    "MODEL.SOLO.FEAT_CHANNELS",
+    "32",
+    "MODEL.SOLO.SCORE_THRESH_TEST",
+    "0.0",
+    "MODEL.WEIGHTS",
+    "",
 ]
 
 
@@ -58,8 +71,14 @@ def make_input(boxes, classes, height=64, width=80, mask_format="bitmask", seed=
         instances.gt_masks = PolygonMasks(
             [[[x1, y1, x2, y1, x2, y2, x1, y2]] for x1, y1, x2, y2 in boxes]
         )
-    return {"image": image, "instances": instances, "height": height, "width": width,
-            "image_id": seed, "file_name": f"synthetic_{seed}.png"}
+    return {
+        "image": image,
+        "instances": instances,
+        "height": height,
+        "width": width,
+        "image_id": seed,
+        "file_name": f"synthetic_{seed}.png",
+    }
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""detectron2 v0.6 on this torch / Pillow / NumPy: the compat layer and the installed distribution."""
+"""detectron2 v0.6 on this torch / Pillow / NumPy: the compat layer and the installation."""
+
 import importlib.metadata
 import importlib.util
 
@@ -7,10 +8,10 @@ import pytest
 from PIL import Image
 
 import solo_d2
-from solo_d2 import compat
 
 needs_pure_python_d2 = pytest.mark.skipif(
-    solo_d2.HAS_D2_CPP_OPS, reason="detectron2 has its C++ ops here: the placeholder is not installed"
+    solo_d2.HAS_D2_CPP_OPS,
+    reason="detectron2 has its C++ ops here: the placeholder is not installed",
 )
 
 
@@ -76,8 +77,9 @@ def test_coco_evaluator_uses_the_fast_impl_only_with_cpp_ops(tmp_path):
     from solo_d2.data import register_shapes_datasets
     from solo_d2.evaluation import build_evaluator
 
-    _, val = register_shapes_datasets(root=str(tmp_path), num_train=1, num_val=2, image_size=64,
-                                      prefix="compat_shapes")
+    _, val = register_shapes_datasets(
+        root=str(tmp_path), num_train=1, num_val=2, image_size=64, prefix="compat_shapes"
+    )
     from detectron2.data import DatasetCatalog
 
     DatasetCatalog.get(val)  # generate

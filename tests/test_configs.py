@@ -1,4 +1,5 @@
 """Every config in configs/ builds a model that runs a training step and inference on CPU."""
+
 import glob
 import os
 
@@ -27,13 +28,26 @@ def load(name):
 
 def test_every_issue_config_exists():
     expected = {
-        "SOLO_R50_1x", "SOLO_R50_3x", "SOLO_R101_3x",
-        "Decoupled_SOLO_R50_1x", "Decoupled_SOLO_R50_3x", "Decoupled_SOLO_R101_3x",
-        "Decoupled_SOLO_Light_R50_3x", "Decoupled_SOLO_Light_DCN_R50_3x",
-        "SOLOv2_R50_1x", "SOLOv2_R50_3x", "SOLOv2_R101_3x", "SOLOv2_R101_DCN_3x",
-        "SOLOv2_X101_DCN_3x", "SOLOv2_Light_448_R18_3x", "SOLOv2_Light_448_R34_3x",
-        "SOLOv2_Light_448_R50_3x", "SOLOv2_Light_512_DCN_R50_3x",
-        "SOLO_shapes_quick", "DecoupledSOLO_shapes_quick", "DecoupledSOLOLight_shapes_quick",
+        "SOLO_R50_1x",
+        "SOLO_R50_3x",
+        "SOLO_R101_3x",
+        "Decoupled_SOLO_R50_1x",
+        "Decoupled_SOLO_R50_3x",
+        "Decoupled_SOLO_R101_3x",
+        "Decoupled_SOLO_Light_R50_3x",
+        "Decoupled_SOLO_Light_DCN_R50_3x",
+        "SOLOv2_R50_1x",
+        "SOLOv2_R50_3x",
+        "SOLOv2_R101_3x",
+        "SOLOv2_R101_DCN_3x",
+        "SOLOv2_X101_DCN_3x",
+        "SOLOv2_Light_448_R18_3x",
+        "SOLOv2_Light_448_R34_3x",
+        "SOLOv2_Light_448_R50_3x",
+        "SOLOv2_Light_512_DCN_R50_3x",
+        "SOLO_shapes_quick",
+        "DecoupledSOLO_shapes_quick",
+        "DecoupledSOLOLight_shapes_quick",
         "SOLOv2_shapes_quick",
     }
     assert expected <= {c[: -len(".yaml")] for c in CONFIGS}

@@ -1,4 +1,5 @@
 """All SOLO head variants: training/inference, positive-only == dense, overfitting, DCN on CPU."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,9 @@ def test_candidate_masks_equal_dense_masks_at_inference(head):
         out_size = tuple(s // 4 for s in images.tensor.shape[-2:])
         for level, num_grid in enumerate(model.num_grids):
             cells = torch.tensor([0, num_grid + 1, num_grid * num_grid - 1])
-            sparse = model.head.mask_probs(outputs, level, torch.full_like(cells, 2), cells, out_size)
+            sparse = model.head.mask_probs(
+                outputs, level, torch.full_like(cells, 2), cells, out_size
+            )
             dense = dense_level_probs(model, outputs, level, 2, out_size)[cells]
             assert sparse.shape == (3, *out_size)
             assert torch.allclose(sparse, dense, atol=1e-6)
@@ -155,8 +158,15 @@ def test_solov2_targets_keep_one_sample_per_gt_cell_pair():
     masks[1, 20:44, 24:48] = True  # centre (35.5, 31.5)
     boxes = torch.tensor([[16.0, 20, 40, 44], [24.0, 20, 48, 44]])
     levels = build_solov2_targets(
-        boxes, torch.tensor([3, 5]), masks, (64, 64), num_grids=(8,), scale_ranges=((1, 64),),
-        strides=(8,), sigma=1.0, num_classes=10,
+        boxes,
+        torch.tensor([3, 5]),
+        masks,
+        (64, 64),
+        num_grids=(8,),
+        scale_ranges=((1, 64),),
+        strides=(8,),
+        sigma=1.0,
+        num_classes=10,
     )
     (level,) = levels
     # gt 0: centre cell (3, 3), region rows 2..4, cols 2..4; gt 1: centre (3, 4), cols 3..5
@@ -180,13 +190,29 @@ def test_modulated_deform_conv_on_cpu():
     assert conv.offset_weight.grad is not None and conv.offset_weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("head,extra", [
-    ("DecoupledSOLOLight", ["MODEL.SOLO.USE_DCN_IN_TOWER", "True"]),
-    ("SOLOv2", ["MODEL.SOLO.USE_DCN_IN_TOWER", "True", "MODEL.SOLO.USE_DCN_IN_MASK_FEATURES", "True",
-                "MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256",
-                "MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, False, False, True]",
-                "MODEL.RESNETS.DEFORM_MODULATED", "True"]),
-])
+@pytest.mark.parametrize(
+    "head,extra",
+    [
+        ("DecoupledSOLOLight", ["MODEL.SOLO.USE_DCN_IN_TOWER", "True"]),
+        (
+            "SOLOv2",
+            [
+                "MODEL.SOLO.USE_DCN_IN_TOWER",
+                "True",
+                "MODEL.SOLO.USE_DCN_IN_MASK_FEATURES",
+                "True",
+                "MODEL.RESNETS.DEPTH",
+                "50",
+                "MODEL.RESNETS.RES2_OUT_CHANNELS",
+                "256",
+                "MODEL.RESNETS.DEFORM_ON_PER_STAGE",
+                "[False, False, False, True]",
+                "MODEL.RESNETS.DEFORM_MODULATED",
+                "True",
+            ],
+        ),
+    ],
+)
 def test_deformable_configurations_train_on_cpu(head, extra):
     model = build(head, extra).train()
     deformable = [m for m in model.modules() if isinstance(m, ModulatedDeformConv2d)]
@@ -207,5 +233,10 @@ def test_per_sample_conv_matches_grouped_reference():
     image_idx = torch.tensor([1, 0, 1, 0])
     out = per_sample_conv(features, image_idx, weights, bias)
     for k in range(4):
-        ref = F.conv2d(features[image_idx[k] : image_idx[k] + 1], weights[k : k + 1], bias[k : k + 1], padding=1)
+        ref = F.conv2d(
+            features[image_idx[k] : image_idx[k] + 1],
+            weights[k : k + 1],
+            bias[k : k + 1],
+            padding=1,
+        )
         assert torch.allclose(out[k], ref[0, 0], atol=1e-5)

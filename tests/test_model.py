@@ -1,4 +1,5 @@
 """The SOLO meta-architecture: training/inference contract, positive-only == dense, checkpoints."""
+
 import copy
 
 import pytest
@@ -116,7 +117,9 @@ def test_candidate_masks_equal_dense_masks(tiny_model):
         dense = []
         for level, conv in enumerate(tiny_model.head.mask_preds):
             probs = conv(outputs.mask_data[level][1:2]).sigmoid()
-            dense.append(F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)[0])
+            dense.append(
+                F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)[0]
+            )
         dense = torch.cat(dense)
         cells = torch.tensor([0, 5, 63, 64, 99, 100, 140, 141, len(dense) - 1])
         sparse, strides = tiny_model._candidate_mask_probs(outputs, 1, cells, padded)
@@ -149,7 +152,10 @@ def test_inference_output_format(tiny_model):
         n = len(instances)
         assert 0 < n <= tiny_model.max_per_image  # SCORE_THRESH_TEST 0 in the tiny config
         assert instances.pred_masks.shape == (n, *size) and instances.pred_masks.dtype == torch.bool
-        assert instances.pred_classes.max() < 3 and (instances.scores[:-1] >= instances.scores[1:]).all()
+        assert (
+            instances.pred_classes.max() < 3
+            and (instances.scores[:-1] >= instances.scores[1:]).all()
+        )
         # Boxes are the tight boxes of the masks (x2 = max_x + 1).
         k = int(instances.pred_masks.flatten(1).any(1).nonzero()[0])
         ys, xs = instances.pred_masks[k].nonzero(as_tuple=True)
@@ -188,8 +194,16 @@ def test_default_predictor(tiny_model, tmp_path):
     from detectron2.engine import DefaultPredictor
 
     DetectionCheckpointer(tiny_model, save_dir=str(tmp_path)).save("model")
-    cfg = tiny_cfg(extra=["MODEL.WEIGHTS", str(tmp_path / "model.pth"),
-                          "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "100"])
+    cfg = tiny_cfg(
+        extra=[
+            "MODEL.WEIGHTS",
+            str(tmp_path / "model.pth"),
+            "INPUT.MIN_SIZE_TEST",
+            "64",
+            "INPUT.MAX_SIZE_TEST",
+            "100",
+        ]
+    )
     predictor = DefaultPredictor(cfg)
     image_bgr = torch.randint(0, 256, (48, 72, 3), dtype=torch.uint8).numpy()
     instances = predictor(image_bgr)["instances"]

@@ -1,6 +1,6 @@
 """tools/setup_env.py: idempotence, respect for an existing detectron2, the sdist patch."""
+
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +20,10 @@ spec.loader.exec_module(setup_env)
 def test_second_setup_run_is_a_no_op():
     proc = subprocess.run(
         [sys.executable, str(REPO / "tools" / "setup_env.py"), "--venv", sys.prefix],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=True,
     )
     assert "keeping it" in proc.stdout  # torch and detectron2 found, not reinstalled
     assert "solo_d2: installed and up to date" in proc.stdout

@@ -503,4 +503,3 @@ def test_rules_1_to_6_randomized_against_per_object_reference(seed):
         for cell, gt in zip(level_v2.pos.tolist(), level_v2.gt.tolist()):
             assert np.array_equal(level_v2.masks[gt].numpy(), _small(masks[gt], cfg, index))
     assert num_positive > 0
-

@@ -1,4 +1,5 @@
 """train_net.py and tools/predict.py end to end: CLI, an overfit run, --eval-only, predictions."""
+
 import json
 import os
 import re
@@ -14,19 +15,32 @@ from solo_d2.data import generate_shapes_dataset, register_coco_dataset  # noqa:
 
 CONFIG = os.path.join(REPO, "configs", "SOLO_shapes_quick.yaml")
 # A handful of 128 px shapes images, trained and evaluated on themselves (an overfit run).
-OVERFIT_OPTS = [
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128", "INPUT.RANDOM_FLIP", "none",
-    "SOLVER.BASE_LR", "0.04", "SOLVER.MAX_ITER", "400", "SOLVER.STEPS", "(300,)",
-    "SOLVER.WARMUP_ITERS", "50", "DATALOADER.NUM_WORKERS", "0", "SEED", "1",
-]
+OVERFIT_SETTINGS = {
+    "INPUT.MIN_SIZE_TRAIN": "(128,)",
+    "INPUT.MAX_SIZE_TRAIN": 128,
+    "INPUT.MIN_SIZE_TEST": 128,
+    "INPUT.MAX_SIZE_TEST": 128,
+    "INPUT.RANDOM_FLIP": "none",
+    "SOLVER.BASE_LR": 0.04,
+    "SOLVER.MAX_ITER": 400,
+    "SOLVER.STEPS": "(300,)",
+    "SOLVER.WARMUP_ITERS": 50,
+    "DATALOADER.NUM_WORKERS": 0,
+    "SEED": 1,
+}
+OVERFIT_OPTS = [str(item) for pair in OVERFIT_SETTINGS.items() for item in pair]
 
 
 def run(args, **kwargs):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, **kwargs,
+        [sys.executable, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
     )
 
 
@@ -40,15 +54,37 @@ def mask_ap(log):
 def test_help_lists_the_detectron2_arguments():
     proc = run(["train_net.py", "--help"])
     assert proc.returncode == 0
-    for flag in ("--config-file", "--eval-only", "--resume", "--num-gpus", "--num-machines",
-                 "--machine-rank", "--dist-url", "--coco-dataset"):
+    for flag in (
+        "--config-file",
+        "--eval-only",
+        "--resume",
+        "--num-gpus",
+        "--num-machines",
+        "--machine-rank",
+        "--dist-url",
+        "--coco-dataset",
+    ):
         assert flag in proc.stdout
 
 
 def test_argument_parsing():
     args = train_net.get_parser().parse_args(
-        ["--config-file", "c.yaml", "--eval-only", "--num-gpus", "2", "--resume",
-         "--coco-dataset", "a", "a.json", "imgs", "MODEL.WEIGHTS", "m.pth", "SOLVER.MAX_ITER", "5"]
+        [
+            "--config-file",
+            "c.yaml",
+            "--eval-only",
+            "--num-gpus",
+            "2",
+            "--resume",
+            "--coco-dataset",
+            "a",
+            "a.json",
+            "imgs",
+            "MODEL.WEIGHTS",
+            "m.pth",
+            "SOLVER.MAX_ITER",
+            "5",
+        ]
     )
     assert args.config_file == "c.yaml" and args.eval_only and args.resume and args.num_gpus == 2
     assert args.coco_dataset == [["a", "a.json", "imgs"]]
@@ -71,38 +107,45 @@ def tiny_shapes(tmp_path_factory):
     return json_file, image_dir
 
 
-@pytest.fixture(scope="module")
-def overfit_run(tiny_shapes, tmp_path_factory):
-    """Train on 8 images for 400 iterations, evaluating on the same images at the end."""
-    json_file, image_dir = tiny_shapes
-    output = str(tmp_path_factory.mktemp("overfit"))
+def quick_config(head):
+    return os.path.join(REPO, "configs", f"{head}_shapes_quick.yaml")
+
+
+def tiny_dataset_args(json_file, image_dir, train=True):
+    args = ["--coco-dataset", "tiny", json_file, image_dir, "DATASETS.TEST", '("tiny",)']
+    return args + (["DATASETS.TRAIN", '("tiny",)'] if train else [])
+
+
+@pytest.fixture(scope="module", params=["SOLO", "DecoupledSOLO", "SOLOv2"])
+def overfit_run(request, tiny_shapes, tmp_path_factory):
+    """Train a head on 8 images for 400 iterations, evaluating on the same images at the end."""
+    head = request.param
+    output = str(tmp_path_factory.mktemp(f"overfit_{head}"))
     proc = run(
-        ["train_net.py", "--config-file", CONFIG, "--coco-dataset", "tiny", json_file, image_dir,
-         "DATASETS.TRAIN", '("tiny",)', "DATASETS.TEST", '("tiny",)', "OUTPUT_DIR", output,
-         *OVERFIT_OPTS]
+        ["train_net.py", "--config-file", quick_config(head), *tiny_dataset_args(*tiny_shapes)]
+        + ["OUTPUT_DIR", output, *OVERFIT_OPTS]
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
-    return output, proc.stdout
+    return head, output, proc.stdout
 
 
 @pytest.mark.slow
 def test_overfit_reaches_high_mask_ap(overfit_run):
-    output, log = overfit_run
+    head, output, log = overfit_run
     assert "eta:" in log and "loss_ins" in log  # progress with ETA from Detectron2's writers
-    assert mask_ap(log) > 30.0
+    assert mask_ap(log) > 30.0, head
     assert os.path.isfile(os.path.join(output, "model_final.pth"))
     assert os.path.isfile(os.path.join(output, "metrics.json"))
 
 
 @pytest.mark.slow
 def test_eval_only_reproduces_the_final_evaluation(overfit_run, tiny_shapes):
-    output, log = overfit_run
-    json_file, image_dir = tiny_shapes
+    head, output, log = overfit_run
     proc = run(
-        ["train_net.py", "--config-file", CONFIG, "--eval-only", "--coco-dataset", "tiny",
-         json_file, image_dir, "DATASETS.TEST", '("tiny",)',
-         "OUTPUT_DIR", os.path.join(output, "eval"),
-         "MODEL.WEIGHTS", os.path.join(output, "model_final.pth"), *OVERFIT_OPTS]
+        ["train_net.py", "--config-file", quick_config(head), "--eval-only"]
+        + tiny_dataset_args(*tiny_shapes, train=False)
+        + ["OUTPUT_DIR", os.path.join(output, "eval")]
+        + ["MODEL.WEIGHTS", os.path.join(output, "model_final.pth"), *OVERFIT_OPTS]
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert mask_ap(proc.stdout) == pytest.approx(mask_ap(log), abs=0.01)
@@ -110,12 +153,13 @@ def test_eval_only_reproduces_the_final_evaluation(overfit_run, tiny_shapes):
 
 @pytest.mark.slow
 def test_predict_tool_writes_pictures_and_json(overfit_run, tiny_shapes, tmp_path):
-    output, _ = overfit_run
+    head, output, _ = overfit_run
     _, image_dir = tiny_shapes
     proc = run(
-        ["tools/predict.py", "--config-file", CONFIG, "--input", image_dir, "--max-images", "3",
-         "--output", str(tmp_path / "vis"), "--json", str(tmp_path / "preds.json"),
-         "MODEL.WEIGHTS", os.path.join(output, "model_final.pth"), *OVERFIT_OPTS]
+        ["tools/predict.py", "--config-file", quick_config(head), "--input", image_dir]
+        + ["--max-images", "3", "--output", str(tmp_path / "vis")]
+        + ["--json", str(tmp_path / "preds.json")]
+        + ["MODEL.WEIGHTS", os.path.join(output, "model_final.pth"), *OVERFIT_OPTS]
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert sorted(os.listdir(tmp_path / "vis")) == ["000000.png", "000001.png", "000002.png"]
@@ -125,17 +169,41 @@ def test_predict_tool_writes_pictures_and_json(overfit_run, tiny_shapes, tmp_pat
 
 
 def test_eval_only_with_missing_weights_is_a_clear_error(tmp_path):
-    proc = run(["train_net.py", "--config-file", CONFIG, "--eval-only",
-                "MODEL.WEIGHTS", str(tmp_path / "nope.pth"), "OUTPUT_DIR", str(tmp_path)])
+    proc = run(
+        [
+            "train_net.py",
+            "--config-file",
+            CONFIG,
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(tmp_path / "nope.pth"),
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ]
+    )
     assert proc.returncode != 0
     assert re.search(r"MODEL.WEIGHTS file '.*nope.pth' does not exist", proc.stdout)
 
 
 def test_class_count_mismatch_is_a_clear_error(tiny_shapes, tmp_path):
     json_file, image_dir = tiny_shapes
-    proc = run(["train_net.py", "--config-file", CONFIG, "--coco-dataset", "tiny3", json_file,
-                image_dir, "DATASETS.TRAIN", '("tiny3",)', "MODEL.SOLO.NUM_CLASSES", "3",
-                "OUTPUT_DIR", str(tmp_path)])
+    proc = run(
+        [
+            "train_net.py",
+            "--config-file",
+            CONFIG,
+            "--coco-dataset",
+            "tiny3",
+            json_file,
+            image_dir,
+            "DATASETS.TRAIN",
+            '("tiny3",)',
+            "MODEL.SOLO.NUM_CLASSES",
+            "3",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ]
+    )
     assert proc.returncode != 0
     assert "dataset 'tiny3' has 4 classes but MODEL.SOLO.NUM_CLASSES is 3" in proc.stdout
 
@@ -150,6 +218,11 @@ def test_register_coco_dataset_errors(tiny_shapes, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         register_coco_dataset("x3", str(bad), image_dir)
-    assert register_coco_dataset("x4", json_file, image_dir) == ["circle", "square", "triangle", "star"]
+    assert register_coco_dataset("x4", json_file, image_dir) == [
+        "circle",
+        "square",
+        "triangle",
+        "star",
+    ]
     with pytest.raises(ValueError, match="already registered"):
         register_coco_dataset("x4", json_file, image_dir)

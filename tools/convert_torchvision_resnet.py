@@ -5,11 +5,13 @@ The original SOLO checkpoints start from torchvision ("pytorch"-style) ResNets, 
 COCO configs use them too (RGB input, torchvision normalisation, ``STRIDE_IN_1X1: False``):
 
     python tools/convert_torchvision_resnet.py --arch resnet50 pretrained/R-50-torchvision.pkl
-    python tools/convert_torchvision_resnet.py --arch resnext101_64x4d pretrained/X-101-64x4d-torchvision.pkl
+    python tools/convert_torchvision_resnet.py --arch resnext101_64x4d \
+        pretrained/X-101-64x4d-torchvision.pkl
     python tools/convert_torchvision_resnet.py --weights resnet50-0676ba61.pth out.pkl
 
 Without ``--weights`` the torchvision weights are downloaded (needs internet access).
 """
+
 import argparse
 import os
 import pickle

@@ -10,6 +10,7 @@ written to ``--output`` as a PNG with masks, classes and scores drawn by Detectr
 ``Visualizer``. ``--json`` also writes COCO-style results (RLE masks, XYWH boxes, 1-based
 ``category_id`` in the order of ``thing_classes``, plus ``file_name``).
 """
+
 import argparse
 import glob
 import json
@@ -60,7 +61,9 @@ def list_images(inputs):
         else:
             matches = sorted(glob.glob(os.path.expanduser(item)))
             if not matches:
-                raise FileNotFoundError(f"--input {item!r} is neither a file, a folder nor a matching glob")
+                raise FileNotFoundError(
+                    f"--input {item!r} is neither a file, a folder nor a matching glob"
+                )
             paths += matches
     return paths
 

@@ -18,6 +18,7 @@ done, so a second run on a ready venv only performs those checks (a few seconds)
 
 Usage: ``python3 tools/setup_env.py [--venv DIR] [--python PYTHON]`` (``make setup`` calls it).
 """
+
 import argparse
 import hashlib
 import os
@@ -50,8 +51,9 @@ def run(step, cmd, **kwargs):
     )
     if proc.returncode != 0:
         tail = "\n".join(proc.stdout.strip().splitlines()[-40:])
+        command = " ".join(map(str, cmd))
         raise SetupError(
-            f"step '{step}' failed (exit code {proc.returncode}) running:\n  {' '.join(map(str, cmd))}\n"
+            f"step '{step}' failed (exit code {proc.returncode}) running:\n  {command}\n"
             f"--- last lines of its output ---\n{tail}"
         )
     return proc.stdout
@@ -72,7 +74,10 @@ def find_module(python, module):
         "print(version); print(spec.origin)"
     )
     proc = subprocess.run(
-        [str(python), "-c", code, module], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [str(python), "-c", code, module],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     if proc.returncode != 0:
         return None
@@ -125,7 +130,9 @@ def _patch_detectron2_setup(src):
     for pattern, new in replacements:
         text, count = re.subn(pattern, new, text, count=1, flags=re.S)
         if count != 1:
-            raise SetupError(f"step 'detectron2': unexpected setup.py in the sdist ({pattern!r} not found)")
+            raise SetupError(
+                f"step 'detectron2': unexpected setup.py in the sdist ({pattern!r} not found)"
+            )
     setup_py.write_text(text)
     zoo_configs = src / "detectron2" / "model_zoo" / "configs"
     if not (src / "configs").exists():
@@ -144,8 +151,19 @@ def step_detectron2(python):
         # --no-build-isolation: the sdist's setup.py imports torch, which is in the venv already.
         run(
             "detectron2 (download sdist)",
-            [python, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-             "--no-build-isolation", "-d", tmp, DETECTRON2_SDIST],
+            [
+                python,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--no-build-isolation",
+                "-d",
+                tmp,
+                DETECTRON2_SDIST,
+            ],
         )
         archives = sorted(tmp.glob("*.tar.gz"))
         if len(archives) != 1:
@@ -196,7 +214,11 @@ def step_solo_d2(python, venv, force):
 def step_verify(python):
     out = run(
         "verify",
-        [python, "-c", "import detectron2, solo_d2; print(detectron2.__version__, solo_d2.HAS_D2_CPP_OPS)"],
+        [
+            python,
+            "-c",
+            "import detectron2, solo_d2; print(detectron2.__version__, solo_d2.HAS_D2_CPP_OPS)",
+        ],
     )
     version, has_ops = out.strip().splitlines()[-1].split()
     log(f"verify: `import solo_d2, detectron2` works (detectron2 {version}, C++ ops: {has_ops})")
@@ -205,7 +227,9 @@ def step_verify(python):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--venv", default=os.environ.get("SOLO_D2_VENV", REPO / ".venv"), type=Path)
-    parser.add_argument("--python", default=sys.executable, help="interpreter that creates the venv")
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter that creates the venv"
+    )
     args = parser.parse_args()
     venv = args.venv.resolve()
     try:

@@ -2,6 +2,7 @@
 
 COCO 2017 (``coco_2017_train`` etc.) is registered by Detectron2's own builtin datasets.
 """
+
 from .coco import register_coco_dataset
 from .shapes import (
     SHAPES_CLASSES,

@@ -1,4 +1,5 @@
 """Registration of custom COCO-format datasets, with clear errors for bad files."""
+
 import json
 import os
 

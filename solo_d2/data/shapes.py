@@ -11,6 +11,7 @@ Layout under a root directory (by default ``<datasets root>/shapes``)::
 
 ``python -m solo_d2.data.shapes --root DIR`` generates the default splits.
 """
+
 import argparse
 import contextlib
 import functools
@@ -193,7 +194,7 @@ def mask_to_polygons(mask: np.ndarray) -> List[List[float]]:
     if len(xs) == 0:
         return []
     x0, y0 = int(xs.min()), int(ys.min())
-    crop = mask[y0:ys.max() + 1, x0:xs.max() + 1].astype(np.uint8)
+    crop = mask[y0 : ys.max() + 1, x0 : xs.max() + 1].astype(np.uint8)
     crop = np.pad(crop, 1)
     up = cv2.resize(crop, None, fx=_UPSAMPLE, fy=_UPSAMPLE, interpolation=cv2.INTER_NEAREST)
     contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
@@ -479,8 +480,10 @@ def main(argv=None):
         except (TypeError, ValueError) as e:
             message = str(e).replace("num_images", f"--num-{split}")
             parser.error(message.replace("image_size", "--size"))
-        print(f"{split}: {num} images in {image_dir}, annotations {json_path} "
-              f"({time.perf_counter() - start:.1f}s)")
+        print(
+            f"{split}: {num} images in {image_dir}, annotations {json_path} "
+            f"({time.perf_counter() - start:.1f}s)"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """SOLO model: meta-architecture (registered in Detectron2's META_ARCH_REGISTRY), heads,
 target builder, losses and post-processing."""
+
 from .heads import (
     SOLO_HEAD_REGISTRY,
     DecoupledSOLOHead,
@@ -13,3 +14,22 @@ from .losses import category_focal_loss, dice_loss, mask_loss
 from .meta_arch import SOLO
 from .postprocess import matrix_nms, points_nms
 from .targets import LevelTargets, build_solo_targets, build_solov2_targets
+
+__all__ = [
+    "SOLO",
+    "SOLO_HEAD_REGISTRY",
+    "DecoupledSOLOHead",
+    "DecoupledSOLOLightHead",
+    "LevelTargets",
+    "SOLOHead",
+    "SOLOHeadBase",
+    "SOLOv2Head",
+    "build_solo_head",
+    "build_solo_targets",
+    "build_solov2_targets",
+    "category_focal_loss",
+    "dice_loss",
+    "mask_loss",
+    "matrix_nms",
+    "points_nms",
+]

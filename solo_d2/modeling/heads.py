@@ -7,6 +7,7 @@ branch, the towers and the target/loss/post-processing code of the meta-architec
 variant differs only in its mask branch (``forward_mask`` / ``mask_probs``). They register in
 ``SOLO_HEAD_REGISTRY`` under the ``MODEL.SOLO.HEAD`` value.
 """
+
 import math
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -126,14 +127,20 @@ class SOLOHeadBase(nn.Module):
 
     def tower(self, in_channels: int) -> nn.Sequential:
         return conv_tower(
-            in_channels, self.feat_channels, self.num_stacked_convs, self.norm, self.tower_dcn_layers
+            in_channels,
+            self.feat_channels,
+            self.num_stacked_convs,
+            self.norm,
+            self.tower_dcn_layers,
         )
 
     @staticmethod
     def split_features(features: List[torch.Tensor]) -> List[torch.Tensor]:
-        """[P2 resized x0.5, P3, P4, P5, P6 resized to P5's size] (head strides 8, 8, 16, 32, 32)."""
+        """[P2 resized x0.5, P3, P4, P5, P6 resized to P5's size]: head strides 8, 8, 16, 32, 32."""
         first = F.interpolate(features[0], scale_factor=0.5, mode="bilinear", align_corners=False)
-        last = F.interpolate(features[-1], size=features[-2].shape[-2:], mode="bilinear", align_corners=False)
+        last = F.interpolate(
+            features[-1], size=features[-2].shape[-2:], mode="bilinear", align_corners=False
+        )
         return [first, *features[1:-1], last]
 
     def target_mask_strides(self, level_strides: Sequence[int]) -> List[int]:
@@ -143,7 +150,9 @@ class SOLOHeadBase(nn.Module):
     def forward(self, features: List[torch.Tensor]) -> SOLOHeadOutputs:
         levels = self.split_features(features)
         cate_logits = [
-            self.cate_pred(self.cate_tower(F.interpolate(f, size=s, mode="bilinear", align_corners=False)))
+            self.cate_pred(
+                self.cate_tower(F.interpolate(f, size=s, mode="bilinear", align_corners=False))
+            )
             for f, s in zip(levels, self.num_grids)
         ]
         return SOLOHeadOutputs(cate_logits, self.forward_mask(levels))
@@ -200,7 +209,9 @@ class SOLOHead(SOLOHeadBase):
 
     def mask_probs(self, outputs, level, image_idx, cells, out_size=None):
         conv = self.mask_preds[level]
-        logits = per_sample_conv(outputs.mask_data[level], image_idx, conv.weight[cells], conv.bias[cells])
+        logits = per_sample_conv(
+            outputs.mask_data[level], image_idx, conv.weight[cells], conv.bias[cells]
+        )
         return _resize(logits.sigmoid(), out_size)
 
 
@@ -228,8 +239,12 @@ class _DecoupledMaskProbs:
         rows, cols = cells // num_grid, cells % num_grid
         feat_x, feat_y = outputs.mask_data[level]
         conv_x, conv_y = self.mask_preds_x[level], self.mask_preds_y[level]
-        probs_x = per_sample_conv(feat_x, image_idx, conv_x.weight[cols], conv_x.bias[cols]).sigmoid()
-        probs_y = per_sample_conv(feat_y, image_idx, conv_y.weight[rows], conv_y.bias[rows]).sigmoid()
+        probs_x = per_sample_conv(
+            feat_x, image_idx, conv_x.weight[cols], conv_x.bias[cols]
+        ).sigmoid()
+        probs_y = per_sample_conv(
+            feat_y, image_idx, conv_y.weight[rows], conv_y.bias[rows]
+        ).sigmoid()
         return _resize(probs_x, out_size) * _resize(probs_y, out_size)
 
 
@@ -256,8 +271,12 @@ class DecoupledSOLOHead(_DecoupledMaskProbs, SOLOHeadBase):
             coords = coord_features(f)
             data.append(
                 (
-                    _upsampled_tower_output(self.mask_tower_x, torch.cat([f, coords[:, :1]], dim=1)),
-                    _upsampled_tower_output(self.mask_tower_y, torch.cat([f, coords[:, 1:]], dim=1)),
+                    _upsampled_tower_output(
+                        self.mask_tower_x, torch.cat([f, coords[:, :1]], dim=1)
+                    ),
+                    _upsampled_tower_output(
+                        self.mask_tower_y, torch.cat([f, coords[:, 1:]], dim=1)
+                    ),
                 )
             )
         return data
@@ -280,7 +299,9 @@ class DecoupledSOLOLightHead(_DecoupledMaskProbs, SOLOHeadBase):
     def forward_mask(self, levels):
         data = []
         for f in levels:
-            feat = _upsampled_tower_output(self.mask_tower, torch.cat([f, coord_features(f)], dim=1))
+            feat = _upsampled_tower_output(
+                self.mask_tower, torch.cat([f, coord_features(f)], dim=1)
+            )
             data.append((feat, feat))
         return data
 
@@ -302,7 +323,10 @@ class MaskFeatureBranch(nn.Module):
                 extra = 2 if (level == num_levels - 1 and j == 0 and level > 0) else 0
                 layers.append(  # a one-conv tower: 3x3 conv-norm-ReLU
                     conv_tower(
-                        (in_channels if j == 0 else channels) + extra, channels, 1, norm,
+                        (in_channels if j == 0 else channels) + extra,
+                        channels,
+                        1,
+                        norm,
                         deformable=(0,) if deformable else (),
                     )
                 )
@@ -310,7 +334,11 @@ class MaskFeatureBranch(nn.Module):
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.levels.append(nn.Sequential(*layers))
         self.predictor = Conv2d(
-            channels, out_channels, kernel_size=1, bias=not norm, norm=get_norm(norm, out_channels),
+            channels,
+            out_channels,
+            kernel_size=1,
+            bias=not norm,
+            norm=get_norm(norm, out_channels),
             activation=F.relu,
         )
         init_conv(self)
@@ -338,8 +366,15 @@ class SOLOv2Head(SOLOHeadBase):
     one_sample_per_cell = False
 
     @configurable
-    def __init__(self, *, kernel_channels: int, mask_feature_channels: int, num_mask_feature_levels: int,
-                 use_dcn_in_mask_features: bool, **kwargs):
+    def __init__(
+        self,
+        *,
+        kernel_channels: int,
+        mask_feature_channels: int,
+        num_mask_feature_levels: int,
+        use_dcn_in_mask_features: bool,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_mask_feature_levels = num_mask_feature_levels
         self.kernel_tower = self.tower(self.in_channels + 2)
@@ -347,8 +382,12 @@ class SOLOv2Head(SOLOHeadBase):
         init_conv(self.kernel_tower)
         init_conv(self.kernel_pred)
         self.mask_features = MaskFeatureBranch(
-            self.in_channels, mask_feature_channels, kernel_channels, num_mask_feature_levels,
-            self.norm, deformable=use_dcn_in_mask_features,
+            self.in_channels,
+            mask_feature_channels,
+            kernel_channels,
+            num_mask_feature_levels,
+            self.norm,
+            deformable=use_dcn_in_mask_features,
         )
 
     @classmethod
@@ -378,7 +417,10 @@ class SOLOv2Head(SOLOHeadBase):
         kernels = []
         for f, num_grid in zip(levels, self.num_grids):
             kernel_input = F.interpolate(
-                torch.cat([f, coord_features(f)], dim=1), size=num_grid, mode="bilinear", align_corners=False
+                torch.cat([f, coord_features(f)], dim=1),
+                size=num_grid,
+                mode="bilinear",
+                align_corners=False,
             )
             kernels.append(self.kernel_pred(self.kernel_tower(kernel_input)))
         return kernels

@@ -1,4 +1,5 @@
 """Building blocks shared by the SOLO heads."""
+
 from typing import Collection, Optional
 
 import torch
@@ -42,7 +43,9 @@ class ModulatedDeformConv2d(nn.Conv2d):
         self.norm = norm
         self.activation = activation
         taps = self.kernel_size[0] * self.kernel_size[1]
-        self.offset_weight = nn.Parameter(torch.zeros(3 * taps, self.in_channels, *self.kernel_size))
+        self.offset_weight = nn.Parameter(
+            torch.zeros(3 * taps, self.in_channels, *self.kernel_size)
+        )
         self.offset_bias = nn.Parameter(torch.zeros(3 * taps))
 
     def forward(self, x):

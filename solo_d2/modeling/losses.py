@@ -1,4 +1,5 @@
 """SOLO losses (SOLO.md section 3): Dice on positive masks, sigmoid focal loss on categories."""
+
 from typing import List
 
 import torch
@@ -20,10 +21,14 @@ def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 0.001) ->
     probs = probs.flatten(1)
     targets = targets.flatten(1).to(probs.dtype)
     intersection = (probs * targets).sum(dim=1)
-    return 1.0 - 2.0 * intersection / ((probs.pow(2).sum(dim=1) + eps) + (targets.pow(2).sum(dim=1) + eps))
+    return 1.0 - 2.0 * intersection / (
+        (probs.pow(2).sum(dim=1) + eps) + (targets.pow(2).sum(dim=1) + eps)
+    )
 
 
-def mask_loss(per_level_probs: List[torch.Tensor], per_level_targets: List[torch.Tensor]) -> torch.Tensor:
+def mask_loss(
+    per_level_probs: List[torch.Tensor], per_level_targets: List[torch.Tensor]
+) -> torch.Tensor:
     """Mean Dice over all positive samples of all levels (unweighted).
 
     Args:

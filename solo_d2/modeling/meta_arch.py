@@ -1,4 +1,5 @@
 """The ``SOLO`` meta-architecture: ResNet-FPN backbone + SOLO head, Detectron2 model contract."""
+
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -10,7 +11,13 @@ from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 
 from .heads import SOLOHeadBase, SOLOHeadOutputs, build_solo_head
 from .losses import category_focal_loss, mask_loss
-from .postprocess import matrix_nms, points_nms, resize_masks, select_candidates
+from .postprocess import (
+    binarize_with_maskness,
+    matrix_nms,
+    points_nms,
+    resize_masks,
+    select_candidates,
+)
 from .targets import LevelTargets, build_solo_targets
 
 __all__ = ["SOLO", "gt_bitmasks"]
@@ -79,7 +86,8 @@ class SOLO(nn.Module):
         self.num_grids = list(head.num_grids)
         if not (len(self.num_grids) == len(scale_ranges) == len(strides) == len(self.in_features)):
             raise ValueError(
-                "MODEL.SOLO.IN_FEATURES, NUM_GRIDS, SCALE_RANGES and FPN_STRIDES need one entry per level"
+                "MODEL.SOLO.IN_FEATURES, NUM_GRIDS, SCALE_RANGES and FPN_STRIDES need one entry "
+                "per level"
             )
         self.scale_ranges = [tuple(r) for r in scale_ranges]
         self.strides = list(strides)
@@ -138,7 +146,9 @@ class SOLO(nn.Module):
         return self.pixel_mean.device
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
     def forward(self, batched_inputs: List[Dict]):
@@ -152,12 +162,18 @@ class SOLO(nn.Module):
         for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
             output_size = (x.get("height", image_size[0]), x.get("width", image_size[1]))
             results.append(
-                {"instances": self.inference_single(outputs, i, tuple(images.tensor.shape[-2:]), image_size, output_size)}
+                {
+                    "instances": self.inference_single(
+                        outputs, i, tuple(images.tensor.shape[-2:]), image_size, output_size
+                    )
+                }
             )
         return results
 
     # ------------------------------------------------------------------ training
-    def build_targets(self, batched_input: Dict, padded_size: Tuple[int, int]) -> List[LevelTargets]:
+    def build_targets(
+        self, batched_input: Dict, padded_size: Tuple[int, int]
+    ) -> List[LevelTargets]:
         """SOLO targets of one input (``batched_input["instances"]``) at the padded size."""
         if "instances" not in batched_input:
             raise ValueError(
@@ -185,27 +201,35 @@ class SOLO(nn.Module):
             mask_output_strides=self.head.target_mask_strides(self.strides),
         )
 
-    def losses(self, outputs: SOLOHeadOutputs, targets: List[List[LevelTargets]]) -> Dict[str, torch.Tensor]:
+    def losses(
+        self, outputs: SOLOHeadOutputs, targets: List[List[LevelTargets]]
+    ) -> Dict[str, torch.Tensor]:
         """Dice over positive samples (masks of positive cells only) + focal over all cells."""
         probs, masks = [], []
         for level in range(len(self.num_grids)):
             per_image = [t[level] for t in targets]
-            image_idx = torch.cat(
-                [torch.full_like(t.pos, i) for i, t in enumerate(per_image)]
-            )
+            image_idx = torch.cat([torch.full_like(t.pos, i) for i, t in enumerate(per_image)])
             cells = torch.cat([t.pos for t in per_image])
             probs.append(self.head.mask_probs(outputs, level, image_idx, cells))
             masks.append(torch.cat([t.masks[t.gt] for t in per_image]))
         cate_logits = torch.cat(
-            [logits.permute(0, 2, 3, 1).reshape(-1, self.num_classes) for logits in outputs.cate_logits]
+            [
+                logits.permute(0, 2, 3, 1).reshape(-1, self.num_classes)
+                for logits in outputs.cate_logits
+            ]
         )
         cate_labels = torch.cat(
-            [torch.stack([t[level].cate for t in targets]).flatten() for level in range(len(self.num_grids))]
+            [
+                torch.stack([t[level].cate for t in targets]).flatten()
+                for level in range(len(self.num_grids))
+            ]
         )
         return {
             "loss_ins": self.dice_weight * mask_loss(probs, masks),
             "loss_cate": self.focal_weight
-            * category_focal_loss(cate_logits, cate_labels, self.num_classes, self.focal_alpha, self.focal_gamma),
+            * category_focal_loss(
+                cate_logits, cate_labels, self.num_classes, self.focal_alpha, self.focal_gamma
+            ),
         }
 
     # ------------------------------------------------------------------ inference
@@ -229,11 +253,12 @@ class SOLO(nn.Module):
 
         # Masks depend on the cell only: compute them once per candidate cell.
         unique_cells, pair_to_cell = cells.unique(return_inverse=True)
-        cell_probs, cell_strides = self._candidate_mask_probs(outputs, image_idx, unique_cells, padded_size)
-        binary = cell_probs > self.mask_thresh
-        areas = binary.sum(dim=(1, 2)).to(cell_probs.dtype)
-        maskness = (cell_probs * binary).sum(dim=(1, 2)) / areas.clamp(min=1)
+        cell_probs, cell_strides = self._candidate_mask_probs(
+            outputs, image_idx, unique_cells, padded_size
+        )
+        binary, areas, maskness = binarize_with_maskness(cell_probs, self.mask_thresh)
 
+        # Drop masks with no more pixels than their level's stride, rescore by maskness.
         keep = (areas > cell_strides)[pair_to_cell]
         pair_to_cell, classes = pair_to_cell[keep], classes[keep]
         scores = scores[keep] * maskness[pair_to_cell]
@@ -241,7 +266,12 @@ class SOLO(nn.Module):
         pair_to_cell, classes, scores = pair_to_cell[order], classes[order], scores[order]
 
         scores = matrix_nms(
-            binary[pair_to_cell], classes, scores, self.nms_kernel, self.nms_sigma, areas[pair_to_cell]
+            binary[pair_to_cell],
+            classes,
+            scores,
+            self.nms_kernel,
+            self.nms_sigma,
+            areas[pair_to_cell],
         )
         keep = (scores >= self.update_thresh).nonzero()[:, 0]
         order = keep[scores[keep].sort(descending=True, stable=True).indices[: self.max_per_image]]
@@ -255,7 +285,11 @@ class SOLO(nn.Module):
         return result
 
     def _candidate_mask_probs(
-        self, outputs: SOLOHeadOutputs, image_idx: int, cells: torch.Tensor, padded_size: Tuple[int, int]
+        self,
+        outputs: SOLOHeadOutputs,
+        image_idx: int,
+        cells: torch.Tensor,
+        padded_size: Tuple[int, int],
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Mask probabilities of global cell indices ``cells`` (ascending), resized to H/4.
 
@@ -270,7 +304,9 @@ class SOLO(nn.Module):
             local = cells[levels == level] - (ends[level] - sizes[level])
             if len(local):
                 probs.append(
-                    self.head.mask_probs(outputs, level, torch.full_like(local, image_idx), local, out_size)
+                    self.head.mask_probs(
+                        outputs, level, torch.full_like(local, image_idx), local, out_size
+                    )
                 )
         strides = torch.tensor(self.strides, device=cells.device, dtype=torch.float32)[levels]
         if not probs:

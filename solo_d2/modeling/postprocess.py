@@ -1,10 +1,17 @@
 """SOLO inference helpers (SOLO.md sections 4-5): points-NMS, Matrix NMS, final masks."""
+
 from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["points_nms", "matrix_nms", "select_candidates", "rescore_and_filter", "resize_masks"]
+__all__ = [
+    "points_nms",
+    "matrix_nms",
+    "select_candidates",
+    "binarize_with_maskness",
+    "resize_masks",
+]
 
 
 def points_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
@@ -50,7 +57,9 @@ def matrix_nms(
     union = mask_areas[:, None] + mask_areas[None, :] - inter
     same_label = labels[:, None] == labels[None, :]
     # iou[i, j] for i < j with the same label, else 0. An empty union means no overlap.
-    iou = torch.where(same_label, inter / union.clamp(min=1e-6), torch.zeros_like(inter)).triu(diagonal=1)
+    iou = torch.where(same_label, inter / union.clamp(min=1e-6), torch.zeros_like(inter)).triu(
+        diagonal=1
+    )
     # comp[i]: the largest IoU of mask i with any higher-scored mask, i.e. how suppressed i is.
     compensate = iou.max(dim=0).values[:, None]
     if kernel == "gaussian":
@@ -74,25 +83,18 @@ def select_candidates(cate_probs: torch.Tensor, score_thresh: float) -> Tuple[to
     return cells, classes, cate_probs[cells, classes]
 
 
-def rescore_and_filter(
-    mask_probs: torch.Tensor,
-    scores: torch.Tensor,
-    min_pixels: torch.Tensor,
-    mask_thresh: float,
-):
-    """Binarise masks, drop those with ``<= min_pixels`` pixels, rescore by maskness.
+def binarize_with_maskness(mask_probs: torch.Tensor, mask_thresh: float):
+    """Binary masks, their areas and maskness (mean probability inside the binary mask).
 
     Args:
-        mask_probs: Float[K, h, w]; scores: Float[K]; min_pixels: Float[K] (the level strides).
+        mask_probs: Float[K, h, w].
     Returns:
-        (keep Bool[K], binary masks Bool[K', h, w], areas Float[K'], rescored scores Float[K']).
+        (Bool[K, h, w], Float[K] pixel counts, Float[K] maskness; 0 for empty masks).
     """
     binary = mask_probs > mask_thresh
     areas = binary.sum(dim=(1, 2)).to(mask_probs.dtype)
-    keep = areas > min_pixels
-    binary, areas = binary[keep], areas[keep]
-    maskness = (mask_probs[keep] * binary).sum(dim=(1, 2)) / areas
-    return keep, binary, areas, scores[keep] * maskness
+    maskness = (mask_probs * binary).sum(dim=(1, 2)) / areas.clamp(min=1)
+    return binary, areas, maskness
 
 
 def resize_masks(

@@ -3,6 +3,7 @@
 Positives are represented as (cell index, gt index) pairs plus one set of gt masks per level:
 the ``S^2 x h x w`` target tensor of the original implementation is never materialised.
 """
+
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
@@ -91,7 +92,9 @@ def downsample_masks(masks: torch.Tensor, output_stride: int) -> torch.Tensor:
         return masks.clone()
     if output_stride % 2:
         resized = F.interpolate(
-            masks[:, None].float(), scale_factor=1.0 / output_stride, mode="bilinear",
+            masks[:, None].float(),
+            scale_factor=1.0 / output_stride,
+            mode="bilinear",
             align_corners=False,
         )
         return resized[:, 0] >= 0.5
@@ -133,8 +136,10 @@ def assign_centre_regions(
     rows = (ci[:, None] + offsets)[:, :, None].expand(-1, 3, 3)  # [N, 3, 3]
     cols = (cj[:, None] + offsets)[:, None, :].expand(-1, 3, 3)
     inside = (
-        (rows >= top[:, None, None]) & (rows <= down[:, None, None])
-        & (cols >= left[:, None, None]) & (cols <= right[:, None, None])
+        (rows >= top[:, None, None])
+        & (rows <= down[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols <= right[:, None, None])
     )
     gt_idx, row_off, col_off = inside.nonzero(as_tuple=True)  # lexicographic: gt, row, col
     cell = rows[gt_idx, row_off, col_off] * num_grid + cols[gt_idx, row_off, col_off]
@@ -177,7 +182,8 @@ def build_solo_targets(
     device = gt_masks.device
     if gt_masks.shape[1:] != (height, width):
         raise ValueError(
-            f"gt_masks must be padded to image_size {tuple(image_size)}, got {tuple(gt_masks.shape[1:])}"
+            f"gt_masks must be padded to image_size {tuple(image_size)}, "
+            f"got {tuple(gt_masks.shape[1:])}"
         )
     if not (len(num_grids) == len(scale_ranges) == len(strides)):
         raise ValueError("num_grids, scale_ranges and strides need one entry per level")
@@ -193,7 +199,9 @@ def build_solo_targets(
     resized = {}  # gt masks per output stride, shared by levels with the same mask resolution
 
     levels = []
-    for num_grid, (lower, upper), output_stride in zip(num_grids, scale_ranges, mask_output_strides):
+    for num_grid, (lower, upper), output_stride in zip(
+        num_grids, scale_ranges, mask_output_strides
+    ):
         if output_stride not in resized:
             resized[output_stride] = downsample_masks(gt_masks, output_stride)
         cate = torch.full((num_grid, num_grid), num_classes, dtype=torch.int64, device=device)
@@ -240,8 +248,16 @@ def build_solov2_targets(
     ``gt`` Long[K]; ``masks`` Bool[N, H / 4, W / 4] (the unified mask-feature resolution).
     """
     return build_solo_targets(
-        gt_boxes, gt_classes, gt_masks, image_size,
-        num_grids=num_grids, scale_ranges=scale_ranges, strides=strides, sigma=sigma,
-        num_classes=num_classes, min_mask_pixels=min_mask_pixels, one_sample_per_cell=False,
+        gt_boxes,
+        gt_classes,
+        gt_masks,
+        image_size,
+        num_grids=num_grids,
+        scale_ranges=scale_ranges,
+        strides=strides,
+        sigma=sigma,
+        num_classes=num_classes,
+        min_mask_pixels=min_mask_pixels,
+        one_sample_per_cell=False,
         mask_output_strides=[mask_output_stride] * len(num_grids),
     )

@@ -85,3 +85,15 @@ def test_published_schedules():
     cfg = load("SOLOv2_R50_3x.yaml")
     assert cfg.SOLVER.MAX_ITER == 270000 and cfg.SOLVER.STEPS == (202500, 247500)
     assert cfg.INPUT.MIN_SIZE_TRAIN == (640, 672, 704, 736, 768, 800)
+
+
+def test_every_solo_config_key_is_used_by_the_code():
+    """No dead keys: each MODEL.SOLO key is read somewhere in the package."""
+    sources = ""
+    for path in glob.glob(os.path.join(REPO, "solo_d2", "**", "*.py"), recursive=True):
+        if not path.endswith("config.py"):
+            sources += open(path).read()
+    cfg = get_cfg()
+    add_solo_config(cfg)
+    unused = [key for key in cfg.MODEL.SOLO if f".{key}" not in sources]
+    assert unused == []

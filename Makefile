@@ -11,7 +11,7 @@ OUTPUT ?= output/demo$(if $(filter-out SOLO,$(HEAD)),_$(HEAD))
 DATASETS ?= $(or $(SOLO_D2_DATASETS),datasets)
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo bench clean
 
 setup:
 	@$(PYTHON) tools/setup_env.py --venv $(VENV)
@@ -25,6 +25,9 @@ demo: setup
 		--max-images 16 --output $(OUTPUT)/predictions MODEL.WEIGHTS $(OUTPUT)/model_final.pth
 	@grep -h "\[solo_d2\]" $(OUTPUT)/log.txt | tail -n 1
 	@echo "drawn predictions: $(OUTPUT)/predictions/"
+
+bench: setup
+	$(PY) tools/benchmark.py --output output/bench
 
 clean:
 	rm -rf output .pytest_cache

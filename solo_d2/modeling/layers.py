@@ -133,4 +133,7 @@ def per_sample_conv(
             out = features.new_zeros((0, height, width)) + 0 * anchor
         pieces.append(out)
         order.append(selected)
-    return torch.cat(pieces)[torch.cat(order).argsort()]
+    result, order = (pieces[0], order[0]) if batch == 1 else (torch.cat(pieces), torch.cat(order))
+    if torch.equal(order, torch.arange(len(order), device=order.device)):
+        return result  # samples already grouped by image (always at inference): no reordering copy
+    return result[order.argsort()]

@@ -5,6 +5,8 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from .targets import count_pixels
+
 __all__ = [
     "points_nms",
     "matrix_nms",
@@ -50,10 +52,16 @@ def matrix_nms(
     num = len(labels)
     if num == 0:
         return scores.new_zeros((0,))
-    flat = masks.reshape(num, -1).to(scores.dtype)
+    flat = masks.reshape(num, -1)
     if mask_areas is None:
-        mask_areas = flat.sum(dim=1)
-    inter = flat @ flat.t()
+        mask_areas = flat.to(scores.dtype).sum(dim=1)
+    # Only same-label overlaps are used: one small product per label instead of N x N (the
+    # counts are exact integers either way).
+    inter = scores.new_zeros((num, num))
+    for label in labels.unique():
+        group = (labels == label).nonzero()[:, 0]
+        group_masks = flat[group].to(scores.dtype)
+        inter[group[:, None], group[None, :]] = group_masks @ group_masks.t()
     union = mask_areas[:, None] + mask_areas[None, :] - inter
     same_label = labels[:, None] == labels[None, :]
     # iou[i, j] for i < j with the same label, else 0. An empty union means no overlap.
@@ -92,8 +100,9 @@ def binarize_with_maskness(mask_probs: torch.Tensor, mask_thresh: float):
         (Bool[K, h, w], Float[K] pixel counts, Float[K] maskness; 0 for empty masks).
     """
     binary = mask_probs > mask_thresh
-    areas = binary.sum(dim=(1, 2)).to(mask_probs.dtype)
-    maskness = (mask_probs * binary).sum(dim=(1, 2)) / areas.clamp(min=1)
+    # Exact counts and the masked sum, without float / int64 copies of the binary masks.
+    areas = count_pixels(binary, 2).sum(dim=1).to(mask_probs.dtype)
+    maskness = torch.where(binary, mask_probs, 0.0).sum(dim=(1, 2)) / areas.clamp(min=1)
     return binary, areas, maskness
 
 
@@ -103,16 +112,24 @@ def resize_masks(
     image_size: Tuple[int, int],
     output_size: Tuple[int, int],
     mask_thresh: float,
+    chunk: int = 4,
 ) -> torch.Tensor:
     """Soft masks at H/4 -> binary masks at the output size (SOLO.md 4.6).
 
-    Resize to the padded input size, crop the valid ``image_size``, resize to ``output_size``.
+    Resize to the padded input size, crop the valid ``image_size``, resize to ``output_size``
+    (skipped when it is the crop's size: an identity). Runs on chunks of ``chunk`` masks, which
+    keeps the full-resolution float copies small (faster on CPU, same result).
     Args:
         mask_probs: Float[K, h, w]. Returns Bool[K, *output_size].
     """
     if len(mask_probs) == 0:
         return mask_probs.new_zeros((0, *output_size), dtype=torch.bool)
-    masks = F.interpolate(mask_probs[None], size=padded_size, mode="bilinear", align_corners=False)
-    masks = masks[:, :, : image_size[0], : image_size[1]]
-    masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
-    return masks[0] > mask_thresh
+    binary = mask_probs.new_empty((len(mask_probs), *output_size), dtype=torch.bool)
+    for start in range(0, len(mask_probs), chunk):
+        probs = mask_probs[start : start + chunk]
+        masks = F.interpolate(probs[None], size=padded_size, mode="bilinear", align_corners=False)
+        masks = masks[:, :, : image_size[0], : image_size[1]]
+        if tuple(masks.shape[-2:]) != tuple(output_size):
+            masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
+        torch.gt(masks[0], mask_thresh, out=binary[start : start + chunk])
+    return binary

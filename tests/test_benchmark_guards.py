@@ -1,0 +1,138 @@
+"""Guards of tools/benchmark.py: what it compares is equivalent, and it runs end to end.
+
+No timing is asserted here; the numbers are in docs/BENCHMARKS.md.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, make_input, tiny_cfg
+
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import benchmark  # noqa: E402
+from dense_baseline import assert_same_targets, build_dense_targets, cell_of  # noqa: E402
+from solo_d2.modeling.targets import build_solo_targets, grid_cell  # noqa: E402
+
+SMALL = dict(
+    num_grids=(12, 10, 8, 6, 4),
+    scale_ranges=((1, 24), (12, 48), (24, 72), (48, 96), (72, 2048)),
+    strides=(8, 8, 16, 32, 32),
+    num_classes=5,
+)
+
+
+def _padded_case(seed, count, image=(128, 96), padded=(128, 128)):
+    """Random instances on a 128x96 image, zero-padded to 128x128."""
+    rng = np.random.default_rng(seed)
+    _, masks, boxes, _ = benchmark.random_instances(rng, count, *image)
+    classes = torch.from_numpy(rng.integers(0, SMALL["num_classes"], count)).long()
+    padded_masks = torch.zeros((count, *padded), dtype=torch.bool)
+    padded_masks[:, : image[0], : image[1]] = masks
+    return boxes, classes, padded_masks, padded
+
+
+@pytest.mark.parametrize("seed, count", [(0, 1), (1, 6), (2, 15), (3, 30)])
+def test_dense_baseline_equals_build_solo_targets(seed, count):
+    boxes, classes, masks, padded = _padded_case(seed, count)
+    dense = build_dense_targets(boxes, classes, masks, padded, **SMALL)
+    sparse = build_solo_targets(boxes, classes, masks, padded, **SMALL)
+    assert sum(len(level.pos) for level in sparse) > 0
+    assert_same_targets(dense, sparse)
+
+
+def test_dense_baseline_on_default_grids_and_without_instances():
+    boxes, classes, masks, padded = _padded_case(4, 8, image=(160, 224), padded=(160, 224))
+    classes = classes % 80
+    assert_same_targets(
+        build_dense_targets(boxes, classes, masks, padded),
+        build_solo_targets(boxes, classes, masks, padded),
+    )
+    empty = torch.zeros((0, 64, 64), dtype=torch.bool)
+    dense = build_dense_targets(torch.zeros((0, 4)), torch.zeros(0).long(), empty, (64, 64))
+    assert all(not level.positive.any() for level in dense)
+    assert_same_targets(
+        dense, build_solo_targets(torch.zeros((0, 4)), torch.zeros(0).long(), empty, (64, 64))
+    )
+
+
+def test_mismatch_is_detected():
+    boxes, classes, masks, padded = _padded_case(5, 6)
+    dense = build_dense_targets(boxes, classes, masks, padded, **SMALL)
+    sparse = build_solo_targets(boxes, classes, masks, padded, **SMALL)
+    level = next(k for k, t in enumerate(sparse) if len(t.pos))
+    dense[level].masks[sparse[level].pos[0]] ^= 1
+    with pytest.raises(AssertionError, match="mask targets"):
+        assert_same_targets(dense, sparse)
+
+
+def test_cell_rule_matches_grid_cell():
+    """The baseline's scalar float32 cell rule is solo_d2's vectorised grid_cell, bit for bit."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            rng.uniform(-50, 1300, 3000).astype(np.float32),
+            np.arange(0, 1216, 0.5, dtype=np.float32),  # many exact cell boundaries
+        ]
+    )
+    for size, num_grid in [(800, 40), (1216, 36), (128, 12), (1216, 24), (96, 5)]:
+        expected = grid_cell(torch.from_numpy(values), size, num_grid).tolist()
+        assert [cell_of(v, size, num_grid) for v in values] == expected
+
+
+def test_all_channel_loss_equals_positive_only_loss():
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    positive_only = benchmark.build_model(cfg).train()
+    all_channel = benchmark.AllChannelSOLO(cfg).train()
+    all_channel.load_state_dict(positive_only.state_dict())
+    batch = [
+        make_input([[4, 6, 30, 40], [20, 10, 60, 50], [40, 30, 78, 62]], [0, 1, 2], seed=1),
+        make_input([], [], seed=2),
+        make_input([[10, 12, 26, 28]], [2], seed=3),
+    ]
+    expected, got = positive_only(batch), all_channel(batch)
+    assert expected["loss_ins"].item() > 0
+    for key in ("loss_ins", "loss_cate"):
+        assert torch.allclose(got[key], expected[key], rtol=1e-5, atol=1e-6), key
+    sum(got.values()).backward()
+    assert all(p.grad is not None for p in all_channel.parameters() if p.requires_grad)
+
+
+def test_inference_load_sets_the_candidate_count():
+    settings = benchmark.Settings(device="cpu", threads=1, quick=True, infer_size=(96, 128))
+    model, inputs = benchmark.prepare_infer(settings, "SOLO")
+    load = benchmark.add_inference_load(model, inputs, 40)
+    assert load["candidates"] == 40
+    assert 0 < load["mask_foreground_fraction"] < 1
+
+
+@pytest.mark.slow
+def test_cli_quick_run_writes_json_and_png(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        results = benchmark.main(
+            ["--quick", "--device", "cpu", "--threads", "1", "--output", str(tmp_path)]
+            + ["--models", "SOLO", "MaskRCNN"]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "benchmarks.png").stat().st_size > 0
+    assert "| target |" in (tmp_path / "bench.md").read_text()
+    assert set(saved) >= {"machine", "settings", "targets", "maskhead", "train", "infer", "checks"}
+    assert saved["machine"]["threads"] == 1
+    verdicts = [c["verdict"] for c in saved["checks"]]
+    assert verdicts[2] == "n/a"  # SOLOv2 not run
+    assert all(v in ("PASS", "MISS") for v in verdicts[:2] + verdicts[3:])
+    rows = saved["train"] + saved["infer"] + saved["maskhead"]
+    assert all(r["peak_mb"] and r["peak_mb"] > 0 for r in rows)
+    assert all(r["dense_peak_mb"] and r["solo_d2_peak_mb"] for r in saved["targets"])
+    assert {r["model"] for r in saved["infer"]} == {"SOLO", "MaskRCNN"}
+    assert all(r["instances"] > 0 for r in saved["infer"])
+    assert results["checks"] == saved["checks"]

@@ -62,7 +62,6 @@ from detectron2.structures import Boxes, Instances, PolygonMasks  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from solo_d2.modeling import SOLO  # noqa: E402
 from solo_d2.modeling.heads import SOLOHead  # noqa: E402
-from solo_d2.modeling.losses import category_focal_loss, mask_loss  # noqa: E402
 from solo_d2.modeling.postprocess import points_nms, select_candidates  # noqa: E402
 from solo_d2.modeling.targets import build_solo_targets  # noqa: E402
 
@@ -233,7 +232,7 @@ class AllChannelSOLO(SOLO):
     loss values as :class:`solo_d2.modeling.SOLO`, which computes the positive masks only.
     """
 
-    def losses(self, outputs, targets):
+    def mask_samples(self, outputs, targets):
         if not isinstance(self.head, SOLOHead):
             raise TypeError(
                 "the all-channel loss needs the vanilla SOLO head (MODEL.SOLO.HEAD SOLO)"
@@ -241,30 +240,18 @@ class AllChannelSOLO(SOLO):
         probs, masks = [], []
         for level, num_grid in enumerate(self.num_grids):
             logits = self.head.mask_preds[level](outputs.mask_data[level])  # [B, S^2, h, w]
+            level_probs, level_masks = [], []
             for image, image_targets in enumerate(targets):
                 level_targets = image_targets[level]
                 dense = logits.new_zeros((num_grid**2, *logits.shape[-2:]), dtype=torch.uint8)
                 positive = torch.zeros(num_grid**2, dtype=torch.bool, device=logits.device)
                 dense[level_targets.pos] = level_targets.masks[level_targets.gt].to(torch.uint8)
                 positive[level_targets.pos] = True
-                probs.append(logits[image][positive].sigmoid())
-                masks.append(dense[positive])
-        cate_logits = torch.cat(
-            [x.permute(0, 2, 3, 1).reshape(-1, self.num_classes) for x in outputs.cate_logits]
-        )
-        cate_labels = torch.cat(
-            [
-                torch.stack([t[level].cate for t in targets]).flatten()
-                for level in range(len(self.num_grids))
-            ]
-        )
-        return {
-            "loss_ins": self.dice_weight * mask_loss(probs, masks),
-            "loss_cate": self.focal_weight
-            * category_focal_loss(
-                cate_logits, cate_labels, self.num_classes, self.focal_alpha, self.focal_gamma
-            ),
-        }
+                level_probs.append(logits[image][positive].sigmoid())
+                level_masks.append(dense[positive])
+            probs.append(torch.cat(level_probs))
+            masks.append(torch.cat(level_masks))
+        return probs, masks
 
 
 class GtJitteredProposals(torch.nn.Module):

@@ -204,14 +204,8 @@ class SOLO(nn.Module):
     def losses(
         self, outputs: SOLOHeadOutputs, targets: List[List[LevelTargets]]
     ) -> Dict[str, torch.Tensor]:
-        """Dice over positive samples (masks of positive cells only) + focal over all cells."""
-        probs, masks = [], []
-        for level in range(len(self.num_grids)):
-            per_image = [t[level] for t in targets]
-            image_idx = torch.cat([torch.full_like(t.pos, i) for i, t in enumerate(per_image)])
-            cells = torch.cat([t.pos for t in per_image])
-            probs.append(self.head.mask_probs(outputs, level, image_idx, cells))
-            masks.append(torch.cat([t.masks[t.gt] for t in per_image]))
+        """Dice over the positive mask samples + focal over all cells (SOLO.md 3)."""
+        probs, masks = self.mask_samples(outputs, targets)
         cate_logits = torch.cat(
             [
                 logits.permute(0, 2, 3, 1).reshape(-1, self.num_classes)
@@ -231,6 +225,20 @@ class SOLO(nn.Module):
                 cate_logits, cate_labels, self.num_classes, self.focal_alpha, self.focal_gamma
             ),
         }
+
+    def mask_samples(
+        self, outputs: SOLOHeadOutputs, targets: List[List[LevelTargets]]
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Per level, the predicted probabilities Float[P, h, w] and targets Bool[P, h, w] of
+        the positive samples of all images; masks are computed for these cells only."""
+        probs, masks = [], []
+        for level in range(len(self.num_grids)):
+            per_image = [t[level] for t in targets]
+            image_idx = torch.cat([torch.full_like(t.pos, i) for i, t in enumerate(per_image)])
+            cells = torch.cat([t.pos for t in per_image])
+            probs.append(self.head.mask_probs(outputs, level, image_idx, cells))
+            masks.append(torch.cat([t.masks[t.gt] for t in per_image]))
+        return probs, masks
 
     # ------------------------------------------------------------------ inference
     def inference_single(

@@ -927,18 +927,17 @@ def plot(results: Dict, path: str):
         ax_tgt.legend()
     ax_tgt.set_title("target builder")
 
+    def annotated_bars(ax, labels, rows, notes):
+        """One bar per row (its ms), each with a note above it."""
+        ax.bar(labels, [r["ms"] for r in rows], color=[colors[r["model"]] for r in rows])
+        for i, (r, note) in enumerate(zip(rows, notes)):
+            ax.annotate(note, (i, r["ms"]), textcoords="offset points", xytext=(0, 4), ha="center")
+
     rows = results.get("maskhead", [])
     if rows:
         labels = ["positive-only" if r["model"] == "SOLO" else "all-channel" for r in rows]
-        ax_head.bar(labels, [r["ms"] for r in rows], color=[colors[r["model"]] for r in rows])
-        for i, r in enumerate(rows):
-            ax_head.annotate(
-                f"{_fmt(r['peak_mb'], '.0f')} MB peak",
-                (i, r["ms"]),
-                textcoords="offset points",
-                xytext=(0, 4),
-                ha="center",
-            )
+        notes = [f"{_fmt(r['peak_mb'], '.0f')} MB peak" for r in rows]
+        annotated_bars(ax_head, labels, rows, notes)
         ax_head.set_ylabel("ms / training step")
     ax_head.set_title(f"SOLO mask loss, batch {MASKHEAD_BATCH}")
 
@@ -969,15 +968,7 @@ def plot(results: Dict, path: str):
     rows = results.get("infer", [])
     if rows:
         labels = [LABELS[r["model"]].replace(" R50", "\nR50") for r in rows]
-        ax_infer.bar(labels, [r["ms"] for r in rows], color=[colors[r["model"]] for r in rows])
-        for i, r in enumerate(rows):
-            ax_infer.annotate(
-                f"{r['instances']} inst.",
-                (i, r["ms"]),
-                textcoords="offset points",
-                xytext=(0, 4),
-                ha="center",
-            )
+        annotated_bars(ax_infer, labels, rows, [f"{r['instances']} inst." for r in rows])
         ax_infer.set_ylabel("ms / image")
         ax_imem.bar(
             labels, [r["peak_mb"] or 0 for r in rows], color=[colors[r["model"]] for r in rows]

@@ -14,12 +14,11 @@ import torch
 
 import solo_d2  # noqa: F401  (compat shims, SOLO registration, embedded datasets)
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
-from solo_d2 import add_solo_config
+from solo_d2 import SOLOCheckpointer, add_solo_config
 from solo_d2.data import register_coco_dataset
 from solo_d2.evaluation import (
     build_evaluator,
@@ -65,7 +64,9 @@ def main(args):
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth")
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        # strict: every key of the checkpoint must match the model (published SOLO layouts are
+        # converted on load)
+        SOLOCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)

@@ -31,16 +31,18 @@ def add_solo_config(cfg):
     _C.FEAT_CHANNELS = 256
     # Norm of the tower convs ("GN", "BN", "SyncBN", ... or "" for none).
     _C.NORM = "GN"
-    # Make tower convs modulated deformable convs (DCNv2): the last conv of the mask and category
-    # towers, every tower conv for SOLOv2.
-    _C.USE_DCN_IN_TOWER = False
+    # Tower convs that are modulated deformable convs (DCNv2), in every tower of the head (mask,
+    # category, SOLOv2 kernel): "none", "last" (the last conv of each tower: Decoupled SOLO Light
+    # DCN, SOLOv2 Light 512 DCN) or "all" (SOLOv2 R101/X101 DCN).
+    _C.DCN_TOWER_LAYERS = "none"
     # SOLOv2: channels E of the dynamic kernels and of the unified mask features they apply to.
     _C.KERNEL_CHANNELS = 256
     # SOLOv2: channels inside the mask-feature branch.
     _C.MASK_FEATURE_CHANNELS = 128
     # SOLOv2: the mask-feature branch fuses the first N of MODEL.SOLO.IN_FEATURES (P2..P5).
     _C.NUM_MASK_FEATURE_LEVELS = 4
-    # SOLOv2: make the 3x3 convs of the mask-feature branch deformable (the DCN configs).
+    # SOLOv2: make every conv of the mask-feature branch deformable, the 1x1 output conv included
+    # (the SOLOv2 R101/X101 DCN models).
     _C.USE_DCN_IN_MASK_FEATURES = False
     # Initial foreground probability of the category (and mask) output biases.
     _C.PRIOR_PROB = 0.01
@@ -67,4 +69,9 @@ def add_solo_config(cfg):
     _C.NMS_SIGMA = 2.0
     # Maximum detections per image.
     _C.MAX_PER_IMG = 100
+
+    # Checkpoints. Allow full unpickling (torch.load(weights_only=False)) of MODEL.WEIGHTS files
+    # that hold Python objects besides tensors. Unpickling runs code from the file: enable it
+    # only for files you trust (solo_d2.checkpoint.weights_file).
+    _C.TRUST_WEIGHTS_PICKLE = False
     return cfg

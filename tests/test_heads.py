@@ -193,12 +193,12 @@ def test_modulated_deform_conv_on_cpu():
 @pytest.mark.parametrize(
     "head,extra",
     [
-        ("DecoupledSOLOLight", ["MODEL.SOLO.USE_DCN_IN_TOWER", "True"]),
+        ("DecoupledSOLOLight", ["MODEL.SOLO.DCN_TOWER_LAYERS", "last"]),
         (
             "SOLOv2",
             [
-                "MODEL.SOLO.USE_DCN_IN_TOWER",
-                "True",
+                "MODEL.SOLO.DCN_TOWER_LAYERS",
+                "all",
                 "MODEL.SOLO.USE_DCN_IN_MASK_FEATURES",
                 "True",
                 "MODEL.RESNETS.DEPTH",

@@ -15,31 +15,27 @@ Without ``--weights`` the torchvision weights are downloaded (needs internet acc
 import argparse
 import os
 import pickle
-import re
 
 import torch
 
-__all__ = ["convert_state_dict"]
+from solo_d2.checkpoint.keymaps import DROPPED_KEY_PATTERN, resnet_key
 
-_RULES = [
-    (r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}."),
-    (r"\.bn(\d)\.", lambda m: f".conv{m.group(1)}.norm."),
-    (r"\.downsample\.0\.", lambda m: ".shortcut."),
-    (r"\.downsample\.1\.", lambda m: ".shortcut.norm."),
-]
+__all__ = ["convert_state_dict"]
 
 
 def convert_state_dict(state_dict):
-    """torchvision ResNet state dict -> {Detectron2 ResNet name: numpy array}; drops ``fc``."""
+    """torchvision ResNet state dict -> {Detectron2 ResNet name: numpy array}.
+
+    Drops the classifier (``fc``) and BatchNorm counters; any other unknown key is an error.
+    """
     converted = {}
     for name, value in state_dict.items():
-        if name.startswith("fc.") or name.endswith("num_batches_tracked"):
+        if name.startswith("fc.") or DROPPED_KEY_PATTERN.fullmatch(name):
             continue
-        if not name.startswith("layer"):
-            name = "stem." + name.replace("bn1.", "conv1.norm.")
-        for pattern, replace in _RULES:
-            name = re.sub(pattern, replace, name)
-        converted[name] = value.detach().cpu().numpy()
+        new_name = resnet_key(name)
+        if new_name is None:
+            raise KeyError(f"{name!r} is not a torchvision ResNet parameter")
+        converted[new_name] = value.detach().cpu().numpy()
     return converted
 
 
@@ -55,7 +51,7 @@ def main(argv=None):
     parser.add_argument("--weights", help="a torchvision ResNet state dict (.pth) on disk")
     args = parser.parse_args(argv)
     if args.weights:
-        state_dict = torch.load(args.weights, map_location="cpu")
+        state_dict = torch.load(args.weights, map_location="cpu", weights_only=True)
     else:
         import torchvision
 

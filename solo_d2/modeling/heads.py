@@ -19,7 +19,13 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 
-from .layers import conv_tower, coord_features, init_conv, per_sample_conv
+from .layers import (
+    ModulatedDeformConv2d,
+    conv_tower,
+    coord_features,
+    init_conv,
+    per_sample_conv,
+)
 
 __all__ = [
     "SOLO_HEAD_REGISTRY",
@@ -55,6 +61,16 @@ class SOLOHeadOutputs(NamedTuple):
     mask_data: List[Any]
 
 
+def _deformable_layers(which: str, num_convs: int) -> Tuple[int, ...]:
+    """Indices of the deformable tower convs for ``MODEL.SOLO.DCN_TOWER_LAYERS``."""
+    layers = {"none": (), "last": (num_convs - 1,), "all": tuple(range(num_convs))}
+    if which not in layers:
+        raise ValueError(
+            f"MODEL.SOLO.DCN_TOWER_LAYERS must be 'none', 'last' or 'all', got {which!r}"
+        )
+    return layers[which]
+
+
 def _resize(probs: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
     """Bilinear resize of Float[K, h, w] to ``size`` (no-op when None or equal)."""
     if size is None or tuple(probs.shape[-2:]) == tuple(size):
@@ -83,7 +99,7 @@ class SOLOHeadBase(nn.Module):
         num_stacked_convs: int,
         norm: str,
         prior_prob: float,
-        use_dcn_in_tower: bool,
+        dcn_tower_layers: str,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -93,7 +109,7 @@ class SOLOHeadBase(nn.Module):
         self.num_stacked_convs = num_stacked_convs
         self.norm = norm
         self.prior_bias = -math.log((1 - prior_prob) / prior_prob)
-        self.tower_dcn_layers = self.deformable_tower_layers() if use_dcn_in_tower else ()
+        self.tower_dcn_layers = _deformable_layers(dcn_tower_layers, num_stacked_convs)
         self.cate_tower = self.tower(in_channels)
         self.cate_pred = nn.Conv2d(feat_channels, num_classes, kernel_size=3, padding=1)
         init_conv(self.cate_tower)
@@ -118,12 +134,8 @@ class SOLOHeadBase(nn.Module):
             "num_stacked_convs": head.NUM_STACKED_CONVS,
             "norm": head.NORM,
             "prior_prob": head.PRIOR_PROB,
-            "use_dcn_in_tower": head.USE_DCN_IN_TOWER,
+            "dcn_tower_layers": head.DCN_TOWER_LAYERS,
         }
-
-    def deformable_tower_layers(self) -> Sequence[int]:
-        """Tower layers made deformable by ``MODEL.SOLO.USE_DCN_IN_TOWER`` (default: the last)."""
-        return (self.num_stacked_convs - 1,)
 
     def tower(self, in_channels: int) -> nn.Sequential:
         return conv_tower(
@@ -284,10 +296,7 @@ class DecoupledSOLOHead(_DecoupledMaskProbs, SOLOHeadBase):
 
 @register_head("DecoupledSOLOLight")
 class DecoupledSOLOLightHead(_DecoupledMaskProbs, SOLOHeadBase):
-    """Decoupled SOLO Light: one CoordConv [x, y] mask tower shared by the x and y outputs.
-
-    With ``USE_DCN_IN_TOWER`` the last conv of each tower is deformable.
-    """
+    """Decoupled SOLO Light: one CoordConv [x, y] mask tower shared by the x and y outputs."""
 
     @configurable
     def __init__(self, **kwargs):
@@ -311,7 +320,8 @@ class MaskFeatureBranch(nn.Module):
 
     Level k: 3x3 conv-norm-ReLU then k x (x2 bilinear upsample [+ 3x3 conv-norm-ReLU before
     each further upsample]); the coarsest level gets CoordConv [x, y] before its first conv.
-    The levels are summed, then a 1x1 conv-norm-ReLU gives ``out_channels`` (E).
+    The levels are summed, then a 1x1 conv-norm-ReLU gives ``out_channels`` (E). With
+    ``deformable`` every conv, the 1x1 one included, is a modulated deformable conv.
     """
 
     def __init__(self, in_channels, channels, out_channels, num_levels, norm, deformable=False):
@@ -333,7 +343,7 @@ class MaskFeatureBranch(nn.Module):
                 if level > 0:
                     layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
             self.levels.append(nn.Sequential(*layers))
-        self.predictor = Conv2d(
+        self.predictor = (ModulatedDeformConv2d if deformable else Conv2d)(
             channels,
             out_channels,
             kernel_size=1,
@@ -358,9 +368,8 @@ class SOLOv2Head(SOLOHeadBase):
 
     The kernel branch reads the level feature with CoordConv [x, y], resized to S x S; the
     category branch reads the same resized tensor without the coord channels. Kernels are E
-    channels, the dynamic conv has no bias. With ``USE_DCN_IN_TOWER`` every tower conv is
-    deformable. mask_data per level: (kernel map Float[B, E, S, S], mask features
-    Float[B, E, H/4, W/4]) (the mask features are shared by all levels).
+    channels, the dynamic conv has no bias. mask_data per level: (kernel map Float[B, E, S, S],
+    mask features Float[B, E, H/4, W/4]) (the mask features are shared by all levels).
     """
 
     one_sample_per_cell = False
@@ -400,9 +409,6 @@ class SOLOv2Head(SOLOHeadBase):
             use_dcn_in_mask_features=cfg.MODEL.SOLO.USE_DCN_IN_MASK_FEATURES,
         )
         return args
-
-    def deformable_tower_layers(self):
-        return tuple(range(self.num_stacked_convs))
 
     def target_mask_strides(self, level_strides):
         return [4] * len(level_strides)

@@ -77,6 +77,7 @@ class SOLO(nn.Module):
         nms_kernel: str,
         nms_sigma: float,
         max_per_image: int,
+        trust_weights_pickle: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -104,6 +105,8 @@ class SOLO(nn.Module):
         self.nms_kernel = nms_kernel
         self.nms_sigma = nms_sigma
         self.max_per_image = max_per_image
+        # Read by solo_d2.checkpoint when loading weights into this model.
+        self.trust_weights_pickle = trust_weights_pickle
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -139,6 +142,7 @@ class SOLO(nn.Module):
             "nms_kernel": head_cfg.NMS_KERNEL,
             "nms_sigma": head_cfg.NMS_SIGMA,
             "max_per_image": head_cfg.MAX_PER_IMG,
+            "trust_weights_pickle": head_cfg.TRUST_WEIGHTS_PICKLE,
         }
 
     @property

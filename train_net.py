@@ -58,7 +58,7 @@ def main(args):
     for name, json_file, image_root in args.coco_dataset or ():
         register_coco_dataset(name, json_file, image_root)
     cfg = setup(args)
-    check_dataset_classes(cfg)
+    check_dataset_classes(cfg, eval_only=args.eval_only)
     check_weights(cfg)
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:

@@ -35,9 +35,12 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     )
 
 
-def check_dataset_classes(cfg):
-    """Fail early and clearly if a dataset's class count differs from MODEL.SOLO.NUM_CLASSES."""
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+def check_dataset_classes(cfg, eval_only: bool = False):
+    """Fail early and clearly if a dataset's class count differs from MODEL.SOLO.NUM_CLASSES.
+
+    Checks the test datasets, and the training datasets unless ``eval_only``.
+    """
+    for name in (*(() if eval_only else cfg.DATASETS.TRAIN), *cfg.DATASETS.TEST):
         classes = MetadataCatalog.get(name).get("thing_classes")
         if classes is not None and len(classes) != cfg.MODEL.SOLO.NUM_CLASSES:
             raise ValueError(

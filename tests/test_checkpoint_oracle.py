@@ -212,3 +212,45 @@ def test_released_file_through_model_weights_and_through_the_converter(case, tmp
     assert torch.load(converted, weights_only=True)["__author__"] == "solo_d2 converter (original)"
     predictor = DefaultPredictor(config_for(case, converted))
     assert_same_detections(predictor(image_bgr)["instances"], case["results"])
+
+
+@pytest.fixture(scope="module")
+def tiny_shapes_dataset(tmp_path_factory):
+    from solo_d2.data import generate_shapes_dataset
+
+    root = str(tmp_path_factory.mktemp("shapes4"))
+    return generate_shapes_dataset(root, "val", num_images=4, image_size=64)
+
+
+@pytest.mark.parametrize("mode", ["eval-only", "fine-tune"])
+def test_train_net_takes_a_released_file_as_model_weights(mode, tiny_shapes_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    case = load_case("solo")
+    released = released_file(case, tmp_path / "released.pth")
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(config_for(case).dump())
+    json_file, image_dir = tiny_shapes_dataset
+    args = [sys.executable, "train_net.py", "--config-file", str(cfg_file)]
+    args += ["--coco-dataset", "tiny4", json_file, image_dir, "DATASETS.TEST", '("tiny4",)']
+    args += ["MODEL.WEIGHTS", released, "OUTPUT_DIR", str(tmp_path / "out")]
+    if mode == "eval-only":
+        args.insert(4, "--eval-only")
+    else:
+        args += [
+            "DATASETS.TRAIN",
+            '("tiny4",)',
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+        ]
+        args += ["INPUT.MIN_SIZE_TRAIN", "(64,)", "DATALOADER.NUM_WORKERS", "0"]
+    proc = subprocess.run(
+        args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "from the original layout" in proc.stdout
+    assert "does not match" not in proc.stdout  # every key loaded
+    assert "[solo_d2] tiny4: mask AP" in proc.stdout

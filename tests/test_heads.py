@@ -42,7 +42,7 @@ def test_train_step_and_inference(head):
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
     model.eval()
-    model.score_thresh = 0.0
+    model.post_processor.score_thresh = 0.0
     with torch.no_grad():
         results = model(batch())
     for result in results:

@@ -122,7 +122,13 @@ def test_candidate_masks_equal_dense_masks(tiny_model):
             )
         dense = torch.cat(dense)
         cells = torch.tensor([0, 5, 63, 64, 99, 100, 140, 141, len(dense) - 1])
-        sparse, strides = tiny_model._candidate_mask_probs(outputs, 1, cells, padded)
+        sparse, strides = tiny_model.post_processor.cell_mask_probs(
+            cells,
+            lambda level, local, size: tiny_model.head.mask_probs(
+                outputs, level, torch.ones_like(local), local, size
+            ),
+            out_size,
+        )
     assert torch.allclose(sparse, dense[cells], atol=1e-6)
     assert strides.tolist() == [8, 8, 8, 8, 8, 16, 32, 32, 32]
 
@@ -134,7 +140,7 @@ def make_predictions_visible(model):
     for conv in model.head.mask_preds:
         torch.nn.init.normal_(conv.weight, std=0.5)
         torch.nn.init.constant_(conv.bias, 0.5)
-    model.update_thresh = 0.0
+    model.post_processor.update_thresh = 0.0
 
 
 def test_inference_output_format(tiny_model):
@@ -150,7 +156,8 @@ def test_inference_output_format(tiny_model):
         assert isinstance(instances, Instances) and instances.image_size == size
         assert set(instances.get_fields()) == {"pred_masks", "scores", "pred_classes", "pred_boxes"}
         n = len(instances)
-        assert 0 < n <= tiny_model.max_per_image  # SCORE_THRESH_TEST 0 in the tiny config
+        # SCORE_THRESH_TEST 0 in the tiny config
+        assert 0 < n <= tiny_model.post_processor.max_per_image
         assert instances.pred_masks.shape == (n, *size) and instances.pred_masks.dtype == torch.bool
         assert (
             instances.pred_classes.max() < 3
@@ -165,7 +172,7 @@ def test_inference_output_format(tiny_model):
 
 def test_inference_without_candidates_returns_empty_instances(tiny_model):
     tiny_model.eval()
-    tiny_model.score_thresh = 1.0  # no category probability exceeds 1
+    tiny_model.post_processor.score_thresh = 1.0  # no category probability exceeds 1
     with torch.no_grad():
         (result,) = tiny_model([make_input(BOXES_B, [0], seed=3)])
     instances = result["instances"]

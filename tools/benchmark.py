@@ -62,7 +62,7 @@ from detectron2.structures import Boxes, Instances, PolygonMasks  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from solo_d2.modeling import SOLO  # noqa: E402
 from solo_d2.modeling.heads import SOLOHead  # noqa: E402
-from solo_d2.modeling.postprocess import points_nms, select_candidates  # noqa: E402
+from solo_d2.modeling.postprocess import points_nms  # noqa: E402
 from solo_d2.modeling.targets import build_solo_targets  # noqa: E402
 
 SOLO_CONFIGS = {
@@ -239,7 +239,7 @@ class AllChannelSOLO(SOLO):
             )
         probs, masks = [], []
         for level, num_grid in enumerate(self.num_grids):
-            logits = self.head.mask_preds[level](outputs.mask_data[level])  # [B, S^2, h, w]
+            logits = self.head.dense_mask_logits(outputs, level)  # [B, S^2, h, w]
             level_probs, level_masks = [], []
             for image, image_targets in enumerate(targets):
                 level_targets = image_targets[level]
@@ -379,24 +379,23 @@ def add_inference_load(model: torch.nn.Module, inputs: List[Dict], num_candidate
         .values
     )
     k = min(num_candidates, len(survivors) - 1)
-    shift = _logit(model.score_thresh) - 0.5 * float(survivors[k - 1] + survivors[k])
+    post = model.post_processor
+    shift = _logit(post.score_thresh) - 0.5 * float(survivors[k - 1] + survivors[k])
     head.cate_pred.bias.add_(shift)
 
-    probs = torch.cat(
-        [points_nms((x + shift).sigmoid())[0].flatten(1).t() for x in outputs.cate_logits]
-    )
-    cells = select_candidates(probs, model.score_thresh)[0].unique()
+    cells, _, scores = post.candidates([x[0] + shift for x in outputs.cate_logits])
+    cells = cells.unique()
     fill, start = [], 0
-    for level, num_grid in enumerate(model.num_grids):
+    for level, num_grid in enumerate(post.num_grids):
         local = cells[(cells >= start) & (cells < start + num_grid**2)] - start
         start += num_grid**2
         if len(local):
             masks = head.mask_probs(outputs, level, torch.zeros_like(local), local)
-            fill.append((masks > model.mask_thresh).float().mean(dim=(1, 2)))
+            fill.append((masks > post.mask_thresh).float().mean(dim=(1, 2)))
     fill = torch.cat(fill) if fill else torch.zeros(0)
     return {
         "cate_bias_shift": round(shift, 4),
-        "candidates": int((probs > model.score_thresh).sum()),
+        "candidates": len(scores),
         "candidate_cells": len(cells),
         "mask_foreground_fraction": round(float(fill.mean()), 3) if len(fill) else 0.0,
     }

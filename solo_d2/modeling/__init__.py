@@ -7,12 +7,12 @@ from .heads import (
     DecoupledSOLOLightHead,
     SOLOHead,
     SOLOHeadBase,
-    SOLOv2Head,
     build_solo_head,
 )
 from .losses import category_focal_loss, dice_loss, mask_loss
 from .meta_arch import SOLO
-from .postprocess import matrix_nms, points_nms
+from .postprocess import SOLOPostProcessor, matrix_nms, points_nms
+from .solov2 import MaskFeatureBranch, SOLOv2Head
 from .targets import LevelTargets, build_solo_targets, build_solov2_targets
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "DecoupledSOLOHead",
     "DecoupledSOLOLightHead",
     "LevelTargets",
+    "MaskFeatureBranch",
+    "SOLOPostProcessor",
     "SOLOHead",
     "SOLOHeadBase",
     "SOLOv2Head",

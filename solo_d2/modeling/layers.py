@@ -1,6 +1,6 @@
 """Building blocks shared by the SOLO heads."""
 
-from typing import Collection, Optional
+from typing import Collection, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ __all__ = [
     "coord_features",
     "init_conv",
     "per_sample_conv",
+    "resize_probs",
 ]
 
 
@@ -137,3 +138,10 @@ def per_sample_conv(
     if torch.equal(order, torch.arange(len(order), device=order.device)):
         return result  # samples already grouped by image (always at inference): no reordering copy
     return result[order.argsort()]
+
+
+def resize_probs(probs: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """Bilinear resize of Float[K, h, w] to ``size`` (no-op when None or equal)."""
+    if size is None or tuple(probs.shape[-2:]) == tuple(size):
+        return probs
+    return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]

@@ -11,13 +11,7 @@ from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 
 from .heads import SOLOHeadBase, SOLOHeadOutputs, build_solo_head
 from .losses import category_focal_loss, mask_loss
-from .postprocess import (
-    binarize_with_maskness,
-    matrix_nms,
-    points_nms,
-    resize_masks,
-    select_candidates,
-)
+from .postprocess import SOLOPostProcessor
 from .targets import LevelTargets, build_solo_targets
 
 __all__ = ["SOLO", "gt_bitmasks"]
@@ -70,13 +64,7 @@ class SOLO(nn.Module):
         focal_weight: float,
         focal_alpha: float,
         focal_gamma: float,
-        score_thresh: float,
-        mask_thresh: float,
-        nms_pre: int,
-        update_thresh: float,
-        nms_kernel: str,
-        nms_sigma: float,
-        max_per_image: int,
+        post_processor: SOLOPostProcessor,
         trust_weights_pickle: bool = False,
     ):
         super().__init__()
@@ -98,13 +86,7 @@ class SOLO(nn.Module):
         self.focal_weight = focal_weight
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
-        self.score_thresh = score_thresh
-        self.mask_thresh = mask_thresh
-        self.nms_pre = nms_pre
-        self.update_thresh = update_thresh
-        self.nms_kernel = nms_kernel
-        self.nms_sigma = nms_sigma
-        self.max_per_image = max_per_image
+        self.post_processor = post_processor
         # Read by solo_d2.checkpoint when loading weights into this model.
         self.trust_weights_pickle = trust_weights_pickle
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -135,13 +117,17 @@ class SOLO(nn.Module):
             "focal_weight": head_cfg.FOCAL_WEIGHT,
             "focal_alpha": head_cfg.FOCAL_ALPHA,
             "focal_gamma": head_cfg.FOCAL_GAMMA,
-            "score_thresh": head_cfg.SCORE_THRESH_TEST,
-            "mask_thresh": head_cfg.MASK_THRESH_TEST,
-            "nms_pre": head_cfg.NMS_PRE_TEST,
-            "update_thresh": head_cfg.UPDATE_THRESH_TEST,
-            "nms_kernel": head_cfg.NMS_KERNEL,
-            "nms_sigma": head_cfg.NMS_SIGMA,
-            "max_per_image": head_cfg.MAX_PER_IMG,
+            "post_processor": SOLOPostProcessor(
+                num_grids=head_cfg.NUM_GRIDS,
+                strides=head_cfg.FPN_STRIDES,
+                score_thresh=head_cfg.SCORE_THRESH_TEST,
+                mask_thresh=head_cfg.MASK_THRESH_TEST,
+                nms_pre=head_cfg.NMS_PRE_TEST,
+                update_thresh=head_cfg.UPDATE_THRESH_TEST,
+                nms_kernel=head_cfg.NMS_KERNEL,
+                nms_sigma=head_cfg.NMS_SIGMA,
+                max_per_image=head_cfg.MAX_PER_IMG,
+            ),
             "trust_weights_pickle": head_cfg.TRUST_WEIGHTS_PICKLE,
         }
 
@@ -253,77 +239,14 @@ class SOLO(nn.Module):
         image_size: Tuple[int, int],
         output_size: Tuple[int, int],
     ) -> Instances:
-        """SOLO.md section 4 for image ``image_idx`` of the batch."""
-        result = Instances(output_size)
-        cate_probs = torch.cat(
-            [
-                points_nms(logits[image_idx : image_idx + 1].sigmoid())[0].flatten(1).t()
-                for logits in outputs.cate_logits
-            ]
-        )  # [sum S^2, C], cells of all levels
-        cells, classes, scores = select_candidates(cate_probs, self.score_thresh)
+        """Detections of image ``image_idx`` of the batch (DESIGN.md rules I1-I7)."""
 
-        # Masks depend on the cell only: compute them once per candidate cell.
-        unique_cells, pair_to_cell = cells.unique(return_inverse=True)
-        cell_probs, cell_strides = self._candidate_mask_probs(
-            outputs, image_idx, unique_cells, padded_size
-        )
-        binary, areas, maskness = binarize_with_maskness(cell_probs, self.mask_thresh)
+        def mask_probs(level, cells, size):
+            image = torch.full_like(cells, image_idx)
+            return self.head.mask_probs(outputs, level, image, cells, size)
 
-        # Drop masks with no more pixels than their level's stride, rescore by maskness.
-        keep = (areas > cell_strides)[pair_to_cell]
-        pair_to_cell, classes = pair_to_cell[keep], classes[keep]
-        scores = scores[keep] * maskness[pair_to_cell]
-        order = scores.sort(descending=True, stable=True).indices[: self.nms_pre]
-        pair_to_cell, classes, scores = pair_to_cell[order], classes[order], scores[order]
-
-        scores = matrix_nms(
-            binary[pair_to_cell],
-            classes,
-            scores,
-            self.nms_kernel,
-            self.nms_sigma,
-            areas[pair_to_cell],
-        )
-        keep = (scores >= self.update_thresh).nonzero()[:, 0]
-        order = keep[scores[keep].sort(descending=True, stable=True).indices[: self.max_per_image]]
-        masks = resize_masks(
-            cell_probs[pair_to_cell[order]], padded_size, image_size, output_size, self.mask_thresh
-        )
-        result.pred_masks = masks
-        result.scores = scores[order]
-        result.pred_classes = classes[order]
-        result.pred_boxes = BitMasks(masks).get_bounding_boxes().to(masks.device)
-        return result
-
-    def _candidate_mask_probs(
-        self,
-        outputs: SOLOHeadOutputs,
-        image_idx: int,
-        cells: torch.Tensor,
-        padded_size: Tuple[int, int],
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mask probabilities of global cell indices ``cells`` (ascending), resized to H/4.
-
-        Returns (Float[U, H/4, W/4], Float[U] head stride of each cell's level).
-        """
-        out_size = (padded_size[0] // 4, padded_size[1] // 4)
-        sizes = torch.tensor([s * s for s in self.num_grids], device=cells.device)
-        ends = torch.cumsum(sizes, 0)
-        levels = torch.bucketize(cells, ends, right=True)
-        probs = []
-        for level in range(len(self.num_grids)):
-            local = cells[levels == level] - (ends[level] - sizes[level])
-            if len(local):
-                probs.append(
-                    self.head.mask_probs(
-                        outputs, level, torch.full_like(local, image_idx), local, out_size
-                    )
-                )
-        strides = torch.tensor(self.strides, device=cells.device, dtype=torch.float32)[levels]
-        if not probs:
-            return torch.zeros((0, *out_size), device=cells.device), strides
-        return torch.cat(probs), strides
+        cate_logits = [logits[image_idx] for logits in outputs.cate_logits]
+        return self.post_processor(cate_logits, mask_probs, padded_size, image_size, output_size)
 
 
 def _describe(batched_input: Dict) -> str:

@@ -1,19 +1,34 @@
-"""SOLO inference helpers (SOLO.md sections 4-5): points-NMS, Matrix NMS, final masks."""
+"""SOLO inference (DESIGN.md rules I1-I7 and M1-M2).
 
-from typing import Tuple
+:class:`SOLOPostProcessor` is the whole recipe for one image: points-NMS, candidate selection,
+one mask per candidate cell (from a head-specific callback), binarisation, the area filter,
+maskness rescoring, Matrix NMS, top-k and mask pasting. The steps are pure tensor functions
+below, testable alone.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from .targets import count_pixels
+from detectron2.structures import BitMasks, Instances
+
+from .mask_ops import count_pixels
 
 __all__ = [
+    "MaskProbs",
+    "SOLOPostProcessor",
     "points_nms",
     "matrix_nms",
     "select_candidates",
     "binarize_with_maskness",
     "resize_masks",
 ]
+
+#: Head-specific mask probabilities of requested cells: ``(level, cells, size)`` with Long[K]
+#: flat cell indices ``i * S + j`` of that level -> Float[K, *size] (bilinear to ``size``).
+MaskProbs = Callable[[int, torch.Tensor, Tuple[int, int]], torch.Tensor]
 
 
 def points_nms(heat: torch.Tensor, kernel: int = 2) -> torch.Tensor:
@@ -133,3 +148,108 @@ def resize_masks(
             masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
         torch.gt(masks[0], mask_thresh, out=binary[start : start + chunk])
     return binary
+
+
+@dataclass
+class SOLOPostProcessor:
+    """SOLO inference for one image (rules I1-I7), with the thresholds of ``MODEL.SOLO``.
+
+    Attributes:
+        num_grids: S per level; strides: head stride per level (the area filter of rule I3).
+        score_thresh, mask_thresh, nms_pre, update_thresh, nms_kernel, nms_sigma,
+        max_per_image: ``MODEL.SOLO.*_TEST`` / ``NMS_*`` / ``MAX_PER_IMG``.
+    """
+
+    num_grids: Sequence[int]
+    strides: Sequence[int]
+    score_thresh: float = 0.1
+    mask_thresh: float = 0.5
+    nms_pre: int = 500
+    update_thresh: float = 0.05
+    nms_kernel: str = "gaussian"
+    nms_sigma: float = 2.0
+    max_per_image: int = 100
+
+    def candidates(self, cate_logits: List[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+        """Rules I1-I2: (cell, class) pairs above the score threshold after points-NMS.
+
+        Args:
+            cate_logits: per level Float[C, S, S] category logits of one image.
+        Returns:
+            (cells Long[K] global over levels, classes Long[K], scores Float[K]).
+        """
+        cate_probs = torch.cat(
+            [points_nms(logits[None].sigmoid())[0].flatten(1).t() for logits in cate_logits]
+        )  # [sum S^2, C]
+        return select_candidates(cate_probs, self.score_thresh)
+
+    def cell_mask_probs(
+        self, cells: torch.Tensor, mask_probs: MaskProbs, size: Tuple[int, int]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mask probabilities of global cell indices ``cells`` (ascending), one level at a time.
+
+        Returns (Float[U, *size], Float[U] head stride of each cell's level).
+        """
+        sizes = torch.tensor([s * s for s in self.num_grids], device=cells.device)
+        ends = torch.cumsum(sizes, 0)
+        levels = torch.bucketize(cells, ends, right=True)
+        probs = []
+        for level in range(len(self.num_grids)):
+            local = cells[levels == level] - (ends[level] - sizes[level])
+            if len(local):
+                probs.append(mask_probs(level, local, size))
+        strides = torch.tensor(self.strides, device=cells.device, dtype=torch.float32)[levels]
+        if not probs:
+            return torch.zeros((0, *size), device=cells.device), strides
+        return torch.cat(probs), strides
+
+    def __call__(
+        self,
+        cate_logits: List[torch.Tensor],
+        mask_probs: MaskProbs,
+        padded_size: Tuple[int, int],
+        image_size: Tuple[int, int],
+        output_size: Tuple[int, int],
+    ) -> Instances:
+        """Detections of one image as ``Instances`` of ``output_size`` (rules I1-I7).
+
+        Args:
+            cate_logits: per level Float[C, S, S] category logits of the image.
+            mask_probs: the head's :data:`MaskProbs` for this image.
+            padded_size: (H, W) of the padded input; image_size: its valid part;
+            output_size: size of the returned masks (the original image).
+        """
+        cells, classes, scores = self.candidates(cate_logits)
+        # A mask depends on the cell only: compute it once per candidate cell, at H/4.
+        unique_cells, pair_to_cell = cells.unique(return_inverse=True)
+        quarter = (padded_size[0] // 4, padded_size[1] // 4)
+        cell_probs, cell_strides = self.cell_mask_probs(unique_cells, mask_probs, quarter)
+        binary, areas, maskness = binarize_with_maskness(cell_probs, self.mask_thresh)
+
+        # I3-I4: drop masks with no more pixels than their level's stride, rescore by maskness.
+        keep = (areas > cell_strides)[pair_to_cell]
+        pair_to_cell, classes = pair_to_cell[keep], classes[keep]
+        scores = scores[keep] * maskness[pair_to_cell]
+        # I5: top nms_pre, Matrix NMS, update threshold, top max_per_image.
+        order = scores.sort(descending=True, stable=True).indices[: self.nms_pre]
+        pair_to_cell, classes, scores = pair_to_cell[order], classes[order], scores[order]
+        scores = matrix_nms(
+            binary[pair_to_cell],
+            classes,
+            scores,
+            self.nms_kernel,
+            self.nms_sigma,
+            areas[pair_to_cell],
+        )
+        keep = (scores >= self.update_thresh).nonzero()[:, 0]
+        order = keep[scores[keep].sort(descending=True, stable=True).indices[: self.max_per_image]]
+        # I6-I7: paste the soft masks, tight boxes.
+        masks = resize_masks(
+            cell_probs[pair_to_cell[order]], padded_size, image_size, output_size, self.mask_thresh
+        )
+        result = Instances(output_size)
+        result.pred_masks = masks
+        result.scores = scores[order]
+        result.pred_classes = classes[order]
+        result.pred_boxes = BitMasks(masks).get_bounding_boxes().to(masks.device)
+        return result

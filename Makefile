@@ -1,14 +1,14 @@
 # solo_d2. Every target sets itself up first (idempotent: seconds when the venv is ready).
 #   make demo    train SOLO on the embedded shapes data (CPU), evaluate, draw predictions
-#                (make demo HEAD=DecoupledSOLO | DecoupledSOLOLight | SOLOv2 for the other heads)
+#                (make demo MODEL=Decoupled_SOLO | Decoupled_SOLO_Light | SOLOv2 for the other heads)
 #   make test    run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-HEAD ?= SOLO
-CONFIG ?= configs/$(HEAD)_shapes_quick.yaml
-OUTPUT ?= output/demo$(if $(filter-out SOLO,$(HEAD)),_$(HEAD))
-DATASETS ?= $(or $(SOLO_D2_DATASETS),datasets)
+MODEL ?= SOLO
+CONFIG ?= configs/$(MODEL)_shapes_quick.yaml
+OUTPUT ?= output/demo$(if $(filter-out SOLO,$(MODEL)),_$(MODEL))
+DATASETS ?= $(or $(SOLO_D2_DATASETS),$(DETECTRON2_DATASETS),datasets)
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo bench clean

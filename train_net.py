@@ -1,46 +1,22 @@
 #!/usr/bin/env python
-"""Train or evaluate SOLO with Detectron2's DefaultTrainer.
+"""Train or evaluate SOLO with Detectron2's engine.
 
     python train_net.py --config-file configs/SOLO_R50_1x.yaml
     python train_net.py --config-file configs/SOLO_R50_1x.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file ... --num-gpus 8 SOLVER.IMS_PER_BATCH 16
-    python train_net.py --config-file ... --coco-dataset my_train train.json images/ \
+    python train_net.py --config-file ... --coco-dataset my_train train.json images/ \\
         DATASETS.TRAIN '("my_train",)' MODEL.SOLO.NUM_CLASSES 3
 """
-
-import logging
-
-import torch
 
 import solo_d2  # noqa: F401  (compat shims, SOLO registration, embedded datasets)
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 from solo_d2 import SOLOCheckpointer, add_solo_config
 from solo_d2.data import register_coco_dataset
-from solo_d2.evaluation import (
-    build_evaluator,
-    check_dataset_classes,
-    check_weights,
-    summarize_results,
-)
-
-
-class Trainer(DefaultTrainer):
-    """DefaultTrainer with COCO mask + box evaluation."""
-
-    @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return build_evaluator(cfg, dataset_name, output_folder)
-
-    @classmethod
-    def test(cls, cfg, model, evaluators=None):
-        results = super().test(cfg, model, evaluators)
-        if comm.is_main_process() and results:
-            summarize_results(results, cfg.DATASETS.TEST)
-        return results
+from solo_d2.engine import Trainer, check_dataset_classes, check_devices, check_weights
 
 
 def setup(args):
@@ -64,8 +40,7 @@ def main(args):
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth")
         model = Trainer.build_model(cfg)
-        # strict: every key of the checkpoint must match the model (published SOLO layouts are
-        # converted on load)
+        # strict: every key must match the model (published SOLO layouts are converted on load)
         SOLOCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict=True).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
@@ -94,11 +69,7 @@ def get_parser():
 
 if __name__ == "__main__":
     args = get_parser().parse_args()
-    if args.num_gpus > 1 and not torch.cuda.is_available():
-        raise SystemExit(
-            f"--num-gpus {args.num_gpus} needs CUDA; this machine has none (use --num-gpus 1)"
-        )
-    logging.getLogger(__name__).info("Command Line Args: %s", args)
+    check_devices(args.num_gpus)
     launch(
         main,
         args.num_gpus,

@@ -1,8 +1,10 @@
 """solo_d2: SOLO instance segmentation as a Detectron2 project.
 
-Importing the package applies the detectron2 compatibility shims (:mod:`solo_d2.compat`),
-registers the ``SOLO`` meta-architecture and the embedded ``shapes_train`` / ``shapes_val``
-datasets.
+Importing the package applies the library shims the installed versions need
+(:mod:`solo_d2.compat`), registers the ``SOLO`` meta-architecture, its heads and the names of the
+embedded ``shapes_train`` / ``shapes_val`` datasets (located and generated when first loaded),
+and lets Detectron2's checkpointer read published SOLO checkpoints for SOLO models
+(:mod:`solo_d2.checkpoint`). It reads and writes no file (docs/DESIGN.md, section 1).
 """
 
 from . import compat  # noqa: F401  (must run before any other detectron2 import)

@@ -1,8 +1,10 @@
 """Make Detectron2 v0.6 (pure-Python install, no C++ ops) import and run on current libraries.
 
-Imported first by :mod:`solo_d2`. Every shim is applied only where it is needed, so with an
-official Detectron2 that has its compiled ``detectron2._C`` (and current sources) this module
-changes nothing but setting :data:`HAS_D2_CPP_OPS` to True.
+Imported first by :mod:`solo_d2`. This module is the one place where solo_d2 changes other
+libraries: :data:`SHIMS` lists every change with the test that decides whether the installed
+versions need it, and only those are applied (:data:`APPLIED_SHIMS`). With an official
+Detectron2 that has its compiled ``detectron2._C`` and current sources, on NumPy < 1.24 and
+Pillow < 10, nothing is applied.
 
 Shims:
 
@@ -17,17 +19,28 @@ Shims:
 * ``PIL.Image.LINEAR``: removed in Pillow 10 but used as a default argument by v0.6's
   ``ExtentTransform``; aliased to ``Image.BILINEAR`` (what it always meant).
 * ``numpy.int`` / ``numpy.float``: removed in NumPy 1.24 but used by v0.6's dataset histogram
-  and evaluators; aliased to the builtins they always were. (``np.bool`` is back in NumPy 2.)
+  and evaluators (``numpy.bool`` too, absent in NumPy 1.24-1.26); aliased to the builtins
+  they always were.
+* a warnings filter for the ``torch.jit.script`` deprecation that torch >= 2.8 reports for each
+  helper Detectron2 scripts at import.
 """
 
 import importlib.util
 import types
 import warnings
+from typing import Callable, List, NamedTuple
 
 import numpy as np
+import torch
 from PIL import Image
 
-__all__ = ["HAS_D2_CPP_OPS", "MISSING_CPP_OPS_MESSAGE", "cpp_ops_available"]
+__all__ = [
+    "APPLIED_SHIMS",
+    "HAS_D2_CPP_OPS",
+    "MISSING_CPP_OPS_MESSAGE",
+    "SHIMS",
+    "cpp_ops_available",
+]
 
 MISSING_CPP_OPS_MESSAGE = (
     "detectron2 was installed without its C++ ops; rotated boxes, deformable conv and the fast "
@@ -89,22 +102,63 @@ def _install_deform_conv_fallback():
     deform_conv.modulated_deform_conv = _torchvision_modulated_deform_conv
 
 
-def _install_library_aliases():
-    if not hasattr(Image, "LINEAR"):
-        Image.LINEAR = Image.BILINEAR
+def _install_pillow_linear():
+    Image.LINEAR = Image.BILINEAR
+
+
+def _install_numpy_aliases():
     for name, builtin in (("int", int), ("float", float), ("bool", bool)):
-        try:
-            getattr(np, name)
-        except AttributeError:
+        if not hasattr(np, name):
             setattr(np, name, builtin)
 
 
-# detectron2 scripts a few helpers with torch.jit.script at import; recent torch warns for each.
-warnings.filterwarnings(
-    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+def _silence_jit_script_deprecation():
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+    )
+
+
+class Shim(NamedTuple):
+    """A change to another library, applied only when ``needed()``."""
+
+    name: str
+    needed: Callable[[], bool]
+    apply: Callable[[], None]
+
+
+#: Every change solo_d2 makes to other libraries (see the module docstring), in the order
+#: they are applied.
+SHIMS = (
+    Shim(
+        "torch.jit.script deprecation warnings",
+        lambda: tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 8),
+        _silence_jit_script_deprecation,
+    ),
+    Shim("detectron2._C placeholder", lambda: not cpp_ops_available(), _install_placeholder_ops),
+    Shim(
+        "ModulatedDeformConv on torchvision",
+        lambda: not cpp_ops_available(),
+        _install_deform_conv_fallback,
+    ),
+    Shim("PIL.Image.LINEAR", lambda: not hasattr(Image, "LINEAR"), _install_pillow_linear),
+    Shim(
+        "numpy.int / numpy.float / numpy.bool",
+        lambda: not all(hasattr(np, name) for name in ("int", "float", "bool")),
+        _install_numpy_aliases,
+    ),
 )
+
+
+def _apply_needed(shims) -> List[str]:
+    applied = []
+    for shim in shims:
+        if shim.needed():
+            shim.apply()
+            applied.append(shim.name)
+    return applied
+
+
+#: Names of the shims this installation needed (applied when solo_d2 was imported).
+APPLIED_SHIMS = _apply_needed(SHIMS)
+#: True when detectron2 has its compiled C++/CUDA ops (then the fast COCO evaluator is used).
 HAS_D2_CPP_OPS = cpp_ops_available()
-if not HAS_D2_CPP_OPS:
-    _install_placeholder_ops()
-    _install_deform_conv_fallback()
-_install_library_aliases()

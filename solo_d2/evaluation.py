@@ -1,4 +1,4 @@
-"""Evaluation and training-set-up helpers shared by train_net.py, tools and tests."""
+"""COCO evaluation of SOLO models (mask AP and box AP of the tight mask boxes)."""
 
 import logging
 import os
@@ -8,7 +8,7 @@ from detectron2.evaluation import COCOEvaluator
 
 from .compat import HAS_D2_CPP_OPS
 
-__all__ = ["build_evaluator", "check_dataset_classes", "check_weights", "summarize_results"]
+__all__ = ["build_evaluator", "summarize_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,30 +33,6 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
         output_dir=output_folder,
         use_fast_impl=HAS_D2_CPP_OPS,
     )
-
-
-def check_dataset_classes(cfg, eval_only: bool = False):
-    """Fail early and clearly if a dataset's class count differs from MODEL.SOLO.NUM_CLASSES.
-
-    Checks the test datasets, and the training datasets unless ``eval_only``.
-    """
-    for name in (*(() if eval_only else cfg.DATASETS.TRAIN), *cfg.DATASETS.TEST):
-        classes = MetadataCatalog.get(name).get("thing_classes")
-        if classes is not None and len(classes) != cfg.MODEL.SOLO.NUM_CLASSES:
-            raise ValueError(
-                f"dataset {name!r} has {len(classes)} classes but MODEL.SOLO.NUM_CLASSES is "
-                f"{cfg.MODEL.SOLO.NUM_CLASSES}; set MODEL.SOLO.NUM_CLASSES {len(classes)}"
-            )
-
-
-def check_weights(cfg):
-    """Fail clearly if MODEL.WEIGHTS names a local file that does not exist."""
-    path = cfg.MODEL.WEIGHTS
-    if path and "://" not in path and not os.path.isfile(path):
-        hint = ""
-        if "torchvision" in os.path.basename(path):
-            hint = " (make it with tools/convert_torchvision_resnet.py, see README)"
-        raise FileNotFoundError(f"MODEL.WEIGHTS file {path!r} does not exist{hint}")
 
 
 def summarize_results(results, dataset_names):

@@ -1,17 +1,15 @@
 """Shared fixtures: tiny SOLO configs and synthetic inputs that run in milliseconds on CPU."""
 
 import os
-import sys
 
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import solo_d2  # noqa: F401  (compat shims before detectron2)
+from detectron2.config import get_cfg
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 
-import solo_d2  # noqa: E402,F401  (compat shims before detectron2)
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_OVERRIDES = [
     "MODEL.DEVICE",

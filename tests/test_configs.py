@@ -1,7 +1,9 @@
-"""Every config in configs/ builds a model that runs a training step and inference on CPU."""
+"""Every config in configs/ builds a model that runs a training step and inference on CPU, and
+the config files follow one layout: Base-* roots, one naming scheme, distinct output folders."""
 
 import glob
 import os
+import re
 
 import pytest
 import torch
@@ -12,17 +14,18 @@ from detectron2.modeling import build_model
 from solo_d2 import add_solo_config
 from solo_d2.modeling.heads import SOLO_HEAD_REGISTRY
 
-CONFIGS = sorted(
-    os.path.basename(p)
-    for p in glob.glob(os.path.join(REPO, "configs", "*.yaml"))
-    if not os.path.basename(p).startswith("Base-")
+CONFIG_DIR = os.path.join(REPO, "configs")
+ALL_CONFIGS = sorted(
+    os.path.relpath(p, CONFIG_DIR)
+    for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
 )
+CONFIGS = [c for c in ALL_CONFIGS if not os.path.basename(c).startswith("Base-")]
 
 
 def load(name):
     cfg = get_cfg()
     add_solo_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", name))
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
     return cfg
 
 
@@ -46,11 +49,51 @@ def test_every_issue_config_exists():
         "SOLOv2_Light_448_R50_3x",
         "SOLOv2_Light_512_DCN_R50_3x",
         "SOLO_shapes_quick",
-        "DecoupledSOLO_shapes_quick",
-        "DecoupledSOLOLight_shapes_quick",
+        "Decoupled_SOLO_shapes_quick",
+        "Decoupled_SOLO_Light_shapes_quick",
         "SOLOv2_shapes_quick",
     }
     assert expected <= {c[: -len(".yaml")] for c in CONFIGS}
+
+
+def _base_of(name):
+    with open(os.path.join(CONFIG_DIR, name)) as f:
+        found = re.search(r'^_BASE_: "(.+)"', f.read(), flags=re.M)
+    if not found:
+        return None
+    return os.path.normpath(os.path.join(os.path.dirname(name), found.group(1)))
+
+
+def test_base_configs_are_roots_that_only_inherit_other_bases():
+    bases = [c for c in ALL_CONFIGS if os.path.basename(c).startswith("Base-")]
+    assert "Base-SOLO.yaml" in bases and _base_of("Base-SOLO.yaml") is None
+    for name in bases:
+        parent = _base_of(name)
+        assert parent is None or os.path.basename(parent).startswith("Base-"), (name, parent)
+    for name in CONFIGS:  # every concrete config descends from Base-SOLO.yaml
+        chain = [name]
+        while _base_of(chain[-1]):
+            chain.append(_base_of(chain[-1]))
+        assert chain[-1] == "Base-SOLO.yaml", chain
+
+
+FAMILY = r"(SOLO|Decoupled_SOLO|Decoupled_SOLO_Light|SOLOv2|SOLOv2_Light(_\d+)?)"
+NAME_SCHEME = re.compile(
+    rf"(AdelaiDet/)?{FAMILY}(_DCN)?_(R\d+|X\d+)(_DCN)?_(1x|3x)\.yaml"  # released models
+    rf"|{FAMILY}_shapes_quick\.yaml"  # the embedded-data configs
+    rf"|Base-{FAMILY}(_shapes_quick)?\.yaml"
+)
+
+
+def test_one_naming_scheme():
+    """Model families as published (Decoupled_SOLO_Light, SOLOv2_Light_448, ...), then backbone
+    and schedule, or the dataset; the released models keep their published names."""
+    assert [c for c in ALL_CONFIGS if not NAME_SCHEME.fullmatch(c)] == []
+
+
+def test_output_dirs_are_distinct_and_named_after_the_config():
+    for name in CONFIGS:
+        assert load(name).OUTPUT_DIR == "output/" + name[: -len(".yaml")], name
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -74,7 +117,7 @@ def test_config_trains_and_predicts_on_cpu(name):
 
 
 def test_published_schedules():
-    """SOLO.md 6: lr 0.01 at 16 images, warmup 500 from 1/3, clip 35, 1x = 12 and 3x = 36 epochs."""
+    """Rule S1: lr 0.01 at 16 images, warmup 500 from 1/3, clip 35, 1x = 12, 3x = 36 epochs."""
     for name in ("SOLO_R50_1x.yaml", "SOLOv2_R50_1x.yaml", "Decoupled_SOLO_R50_1x.yaml"):
         cfg = load(name)
         assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.IMS_PER_BATCH) == (0.01, 16)

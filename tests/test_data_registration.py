@@ -1,4 +1,5 @@
 """Tests for registering the shapes datasets with Detectron2 and loading them."""
+
 import importlib
 import os
 import uuid
@@ -22,10 +23,13 @@ SIZE = 64
 
 @pytest.fixture
 def registered(tmp_path, monkeypatch):
-    """Fresh ``<prefix>_train`` (4 images) / ``<prefix>_val`` (2) rooted in tmp_path."""
-    monkeypatch.setenv("SOLO_D2_DATASETS", str(tmp_path / "datasets"))
+    """Fresh ``<prefix>_train`` (4 images) / ``<prefix>_val`` (2) rooted in tmp_path.
+
+    The root is set after registering: it is resolved when a split is first loaded.
+    """
     prefix = f"test_shapes_{uuid.uuid4().hex[:8]}"
     names = register_shapes_datasets(num_train=4, num_val=2, image_size=SIZE, prefix=prefix)
+    monkeypatch.setenv("SOLO_D2_DATASETS", str(tmp_path / "datasets"))
     yield names, tmp_path / "datasets" / "shapes"
     for name in names:
         DatasetCatalog.remove(name)
@@ -34,7 +38,7 @@ def registered(tmp_path, monkeypatch):
 
 def test_registration_is_lazy_and_get_generates(registered):
     (train, val), root = registered
-    assert train.endswith("_train") and val == train[:-len("_train")] + "_val"
+    assert train.endswith("_train") and val == train[: -len("_train")] + "_val"
     assert train in DatasetCatalog.list() and val in DatasetCatalog.list()
     assert not root.exists()  # registering costs no disk work
     dicts = DatasetCatalog.get(val)
@@ -71,6 +75,8 @@ def test_metadata(registered):
         # available before the json is read
         assert meta.thing_classes == list(SHAPES_CLASSES)
         assert meta.evaluator_type == "coco"
+        assert not hasattr(meta, "json_file")  # the root is not known before the first load
+        DatasetCatalog.get(name)
         assert meta.json_file == str(root / "annotations" / f"instances_{split}.json")
         assert meta.image_root == str(root / split)
     DatasetCatalog.get(train)  # load_coco_json sets consistent metadata
@@ -82,10 +88,39 @@ def test_metadata(registered):
 def test_registering_again_is_a_no_op(registered):
     (train, val), root = registered
     loader = DatasetCatalog[train]  # DatasetCatalog is a dict of name -> loader
-    prefix = train[:-len("_train")]
+    prefix = train[: -len("_train")]
     assert register_shapes_datasets(prefix=prefix, num_train=1, num_val=1) == (train, val)
     assert DatasetCatalog[train] is loader
     assert len(DatasetCatalog.get(val)) == 2  # still the original parameters
+
+
+def test_explicit_root_is_fixed_at_registration(tmp_path):
+    prefix = f"test_shapes_{uuid.uuid4().hex[:8]}"
+    train, val = register_shapes_datasets(tmp_path / "here", 1, 1, SIZE, prefix=prefix)
+    try:
+        assert MetadataCatalog.get(val).json_file == str(
+            tmp_path / "here" / "annotations" / "instances_val.json"
+        )
+        assert os.path.dirname(DatasetCatalog.get(val)[0]["file_name"]) == str(
+            tmp_path / "here" / "val"
+        )
+    finally:
+        for name in (train, val):
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def test_datasets_root_follows_the_environment_then_the_working_directory(tmp_path, monkeypatch):
+    from solo_d2.data import default_datasets_root
+
+    monkeypatch.delenv("SOLO_D2_DATASETS", raising=False)
+    monkeypatch.delenv("DETECTRON2_DATASETS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_datasets_root() == str(tmp_path / "datasets")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "d2"))
+    assert default_datasets_root() == str(tmp_path / "d2")
+    monkeypatch.setenv("SOLO_D2_DATASETS", str(tmp_path / "solo"))
+    assert default_datasets_root() == str(tmp_path / "solo")
 
 
 def test_default_names_and_builtin_coco_registered():

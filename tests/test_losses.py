@@ -1,4 +1,4 @@
-"""Tests for the SOLO losses (solo_d2.modeling.losses) against SOLO.md section 3.
+"""Tests for the SOLO losses (solo_d2.modeling.losses) against DESIGN.md rules L1-L3.
 
 Expected values are hand-computed (comments) or re-computed with a plain per-element formula.
 """
@@ -14,7 +14,7 @@ EPS = 0.001
 # ----------------------------------------------------------------------------------------------
 # Section 3, mask loss: d = 1 - 2 sum(p t) / ((sum(p^2) + 0.001) + (sum(t^2) + 0.001)).
 # ----------------------------------------------------------------------------------------------
-def test_s3_dice_hand_case():
+def test_l1_dice_hand_case():
     # p = [[0.5, 1], [0, 0.5]], t = [[1, 1], [0, 0]]:
     # sum(p t) = 1.5, sum(p^2) = 0.25 + 1 + 0.25 = 1.5, sum(t^2) = 2
     # d = 1 - 3 / (1.501 + 2.001) = 0.143346659...
@@ -28,7 +28,7 @@ def test_s3_dice_hand_case():
     assert torch.allclose(dice_loss(probs, targets.float()), loss)
 
 
-def test_s3_dice_per_sample_perfect_and_empty():
+def test_l1_dice_per_sample_perfect_and_empty():
     perfect = torch.zeros(4, 4)
     perfect[1:3, 0:4] = 1.0  # 8 pixels
     probs = torch.stack([perfect, torch.zeros(4, 4), torch.zeros(4, 4), torch.full((4, 4), 0.5)])
@@ -47,7 +47,7 @@ def test_s3_dice_per_sample_perfect_and_empty():
     assert loss[3].item() == 1.0
 
 
-def test_s3_mask_loss_mean_over_all_samples_of_all_levels():
+def test_l1_mask_loss_mean_over_all_samples_of_all_levels():
     # level 0 (4 x 4): a) p == t (4 px): 1 - 8/8.002;  b) p = 0.5 everywhere, t 4 px:
     #   sum(p t) = 2, sum(p^2) = 16 * 0.25 = 4 -> 1 - 4/(4.001 + 4.001) = 1 - 4/8.002
     # level 1 (2 x 2): c) p = 0, t 1 px -> 1.
@@ -65,7 +65,7 @@ def test_s3_mask_loss_mean_over_all_samples_of_all_levels():
     assert not math.isclose(loss.item(), ((d_a + d_b) / 2 + d_c) / 2, rel_tol=1e-3)
 
 
-def test_s3_mask_loss_skips_empty_levels():
+def test_l1_mask_loss_skips_empty_levels():
     target = torch.ones(1, 2, 2, dtype=torch.bool)
     probs = torch.zeros(1, 2, 2)  # dice = 1
     empty_probs = torch.zeros(0, 4, 4)
@@ -74,7 +74,7 @@ def test_s3_mask_loss_skips_empty_levels():
     assert loss.item() == 1.0
 
 
-def test_project_mask_loss_no_samples_is_zero_and_keeps_graph():
+def test_l3_mask_loss_no_samples_is_zero_and_keeps_graph():
     weight = torch.ones((), requires_grad=True)
     logits0 = torch.zeros(0, 8, 8) * weight
     logits1 = torch.zeros(0, 4, 4) * weight
@@ -93,7 +93,7 @@ def test_project_mask_loss_no_samples_is_zero_and_keeps_graph():
     assert leaf.grad is not None and leaf.grad.shape == (0, 4, 4)
 
 
-def test_s3_mask_loss_gradient_is_finite():
+def test_l1_mask_loss_gradient_is_finite():
     logits = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0), requires_grad=True)
     targets = torch.zeros(3, 4, 4, dtype=torch.bool)
     targets[0, :2] = True
@@ -118,7 +118,7 @@ def _focal_reference(logits, labels, num_classes, alpha=0.25, gamma=2.0):
     return total / (num_pos + 1)
 
 
-def test_s3_focal_loss_hand_case():
+def test_l2_focal_loss_hand_case():
     # 2 cells, 2 classes (background label 2). logits: cell 0 = (0, 0) -> p = (0.5, 0.5);
     # cell 1 = (ln 3, -ln 3) -> p = (0.75, 0.25).
     # cell 0, label 0: class 0 positive: 0.25 * 0.5^2 * ln 2 = 0.0625 ln 2
@@ -135,7 +135,7 @@ def test_s3_focal_loss_hand_case():
     assert math.isclose(loss.item(), expected, rel_tol=1e-5)
 
 
-def test_s3_focal_loss_background_only():
+def test_l2_focal_loss_background_only():
     # same logits, both cells background: 2 * 0.1875 ln 2 + cell 1 as above, divided by 0 + 1.
     ln3 = math.log(3.0)
     logits = torch.tensor([[0.0, 0.0], [ln3, -ln3]])
@@ -145,7 +145,7 @@ def test_s3_focal_loss_background_only():
     assert math.isclose(loss.item(), expected, rel_tol=1e-5)
 
 
-def test_s3_focal_loss_random_against_plain_formula():
+def test_l2_focal_loss_random_against_plain_formula():
     gen = torch.Generator().manual_seed(0)
     num_classes = 3
     logits = torch.randn(12, num_classes, generator=gen) * 3

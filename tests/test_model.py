@@ -47,7 +47,7 @@ def test_polygon_and_bitmask_give_the_same_loss(tiny_model):
 
 
 def test_batch_without_any_gt_trains(tiny_model):
-    """SOLO.md 3 (project): no positives -> loss_ins is a graph-connected zero."""
+    """Rule L3: no positives -> loss_ins is a graph-connected zero."""
     tiny_model.train()
     losses = tiny_model([make_input([], [], seed=5), make_input([], [], seed=6)])
     assert losses["loss_ins"].item() == 0.0 and losses["loss_ins"].requires_grad

@@ -1,4 +1,4 @@
-"""Tests for points-NMS and Matrix NMS (solo_d2.modeling.postprocess), SOLO.md 4.1 and 5.
+"""points-NMS and Matrix NMS (solo_d2.modeling.postprocess): DESIGN.md rules I1, M1 and M2.
 
 Expected values are hand-computed (see the comments).
 """
@@ -15,7 +15,7 @@ KERNELS = ["gaussian", "linear"]
 # ----------------------------------------------------------------------------------------------
 # 4.1 points-NMS: keep a cell iff it equals max(itself, top, left, top-left).
 # ----------------------------------------------------------------------------------------------
-def test_s4_1_points_nms_hand_grid():
+def test_i1_points_nms_hand_grid():
     heat = torch.tensor([[0.5, 0.2, 0.3],
                          [0.1, 0.6, 0.6],
                          [0.4, 0.2, 0.7]])
@@ -48,7 +48,7 @@ def test_s4_1_points_nms_hand_grid():
     assert torch.equal(out[1, 1], ramp)
 
 
-def test_s4_1_points_nms_constant_grid_all_ties_kept():
+def test_i1_points_nms_constant_grid_all_ties_kept():
     heat = torch.full((1, 1, 4, 4), 0.3)
     assert torch.equal(points_nms(heat), heat)
 
@@ -71,7 +71,7 @@ HAND_MASKS = _strip_masks((0, 4), (3, 9), (4, 9))
 HAND_SCORES = torch.tensor([0.9, 0.8, 0.7])
 
 
-def test_s5_matrix_nms_gaussian_hand_case():
+def test_m1_matrix_nms_gaussian_hand_case():
     # decay1 = f(1/9) / f(0) = exp(-2/81)
     # decay2 = min(f(0) / f(0), f(5/6) / f(1/9)) = exp(-2 * 25/36 + 2/81)
     labels = torch.tensor([1, 1, 1])
@@ -82,7 +82,7 @@ def test_s5_matrix_nms_gaussian_hand_case():
         assert math.isclose(got, want, rel_tol=1e-5)
 
 
-def test_s5_matrix_nms_gaussian_sigma_multiplies():
+def test_m1_matrix_nms_gaussian_sigma_multiplies():
     # sigma = 0.5: decay1 = exp(-0.5/81), decay2 = exp(-0.5 * 25/36 + 0.5/81)
     labels = torch.tensor([1, 1, 1])
     out = matrix_nms(HAND_MASKS, labels, HAND_SCORES, kernel="gaussian", sigma=0.5)
@@ -91,7 +91,7 @@ def test_s5_matrix_nms_gaussian_sigma_multiplies():
         assert math.isclose(got, want, rel_tol=1e-5)
 
 
-def test_s5_matrix_nms_linear_hand_case():
+def test_m1_matrix_nms_linear_hand_case():
     # decay1 = (1 - 1/9) / (1 - 0) = 8/9
     # decay2 = min((1 - 0) / 1, (1 - 5/6) / (1 - 1/9)) = (1/6) / (8/9) = 3/16
     labels = torch.tensor([1, 1, 1])
@@ -101,7 +101,7 @@ def test_s5_matrix_nms_linear_hand_case():
         assert math.isclose(got, want, rel_tol=1e-5)
 
 
-def test_s5_matrix_nms_mask_areas_argument():
+def test_m1_matrix_nms_mask_areas_argument():
     labels = torch.tensor([1, 1, 1])
     areas = torch.tensor([4.0, 6.0, 5.0])
     out = matrix_nms(HAND_MASKS, labels, HAND_SCORES, kernel="linear", mask_areas=areas)
@@ -109,7 +109,7 @@ def test_s5_matrix_nms_mask_areas_argument():
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_s5_matrix_nms_different_labels_do_not_decay(kernel):
+def test_m1_matrix_nms_different_labels_do_not_decay(kernel):
     # M2 gets another label: iou12 = 0 -> decay2 = min(1, f(0)/f(1/9)) = 1 (gaussian) and
     # min(1, 1/(8/9)) = 1 (linear); M1 still decays by M0.
     out = matrix_nms(HAND_MASKS, torch.tensor([1, 1, 2]), HAND_SCORES, kernel=kernel)
@@ -124,7 +124,7 @@ def test_s5_matrix_nms_different_labels_do_not_decay(kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_project_matrix_nms_empty_input(kernel):
+def test_m2_matrix_nms_empty_input(kernel):
     out = matrix_nms(torch.zeros(0, 4, 4, dtype=torch.bool), torch.zeros(0, dtype=torch.int64),
                      torch.zeros(0), kernel=kernel)
     assert isinstance(out, torch.Tensor)
@@ -132,7 +132,7 @@ def test_project_matrix_nms_empty_input(kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_project_matrix_nms_duplicate_masks_no_nan(kernel):
+def test_m2_matrix_nms_duplicate_masks_no_nan(kernel):
     # three identical masks, same label: iou = 1 for every pair, comp1 = comp2 = 1.
     # gaussian: decay1 = f(1)/f(0) = e^-2, decay2 = min(f(1)/f(0), f(1)/f(1)) = e^-2
     # linear:   decay1 = 0/1 = 0, decay2 = min(0/1, 0/0) -> 0 (and never NaN)
@@ -148,7 +148,7 @@ def test_project_matrix_nms_duplicate_masks_no_nan(kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_project_matrix_nms_all_empty_masks_no_nan(kernel):
+def test_m2_matrix_nms_all_empty_masks_no_nan(kernel):
     masks = torch.zeros(3, 4, 4, dtype=torch.bool)
     out = matrix_nms(masks, torch.tensor([0, 0, 0]), HAND_SCORES, kernel=kernel)
     assert torch.isfinite(out).all()
@@ -161,7 +161,7 @@ def test_project_matrix_nms_all_empty_masks_no_nan(kernel):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_s5_matrix_nms_first_score_never_decays(kernel):
+def test_m1_matrix_nms_first_score_never_decays(kernel):
     gen = torch.Generator().manual_seed(0)
     masks = torch.rand(8, 6, 6, generator=gen) < 0.5
     labels = torch.randint(0, 2, (8,), generator=gen)
@@ -173,7 +173,7 @@ def test_s5_matrix_nms_first_score_never_decays(kernel):
 
 
 def _matrix_nms_reference(masks, labels, scores, kernel, sigma=2.0):
-    """Plain-loop SOLO.md section 5."""
+    """Plain-loop rule M1."""
     flat = [set(torch.nonzero(m.flatten()).flatten().tolist()) for m in masks]
     num = len(flat)
 
@@ -199,7 +199,7 @@ def _matrix_nms_reference(masks, labels, scores, kernel, sigma=2.0):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_s5_matrix_nms_random_against_loop_reference(kernel, seed):
+def test_m1_matrix_nms_random_against_loop_reference(kernel, seed):
     gen = torch.Generator().manual_seed(seed)
     masks = torch.rand(10, 6, 7, generator=gen) < 0.5
     labels = torch.randint(0, 3, (10,), generator=gen)

@@ -1,4 +1,4 @@
-"""Tests for SOLO target assignment (solo_d2.modeling.targets) against SOLO.md section 2.
+"""Tests for SOLO target assignment (solo_d2.modeling.targets) against DESIGN.md rules T1-T7.
 
 Every expectation is worked out by hand (see the comments) or by the plain per-object Python
 re-implementation of the original algorithm at the bottom of this file; the code under test is
@@ -63,7 +63,7 @@ def _assert_level(level, num_grid, pos, gt, classes):
         (97, 97, {1, 2}),  # 97 > 96: not level 0
     ],
 )
-def test_rule1_scale_ranges_inclusive(box_w, box_h, levels):
+def test_t1_scale_ranges_inclusive(box_w, box_h, levels):
     size = (128, 128)
     mask = _rect(*size, slice(10, 10 + box_h), slice(20, 20 + box_w))
     box = [20, 10, 20 + box_w, 10 + box_h]
@@ -79,7 +79,7 @@ def test_rule1_scale_ranges_inclusive(box_w, box_h, levels):
             assert (level.cate == NUM_CLASSES).all()
 
 
-def test_rule1_custom_ranges_both_ends_inclusive():
+def test_t1_custom_ranges_both_ends_inclusive():
     # sqrt(10 * 10) = 10 is the upper end of (1, 10) and the lower end of (10, 20): both levels.
     # A 3 x 3 box (sqrt 3) is outside (4, 10) and (10, 20) even though its mask has 10 pixels.
     size = (64, 64)
@@ -96,7 +96,7 @@ def test_rule1_custom_ranges_both_ends_inclusive():
 # ----------------------------------------------------------------------------------------------
 # Rule 2: centre of mass, pixel-index coordinates, full-resolution padded mask, float32.
 # ----------------------------------------------------------------------------------------------
-def test_rule2_center_of_mass_asymmetric_l_shape():
+def test_t2_center_of_mass_asymmetric_l_shape():
     # Pixels (y, x): (0..3, 0) and (3, 1..3): 7 pixels.
     # sum x = 1 + 2 + 3 = 6 -> cx = 6/7; sum y = 0+1+2+3 + 3*3 = 15 -> cy = 15/7.
     # (box centre would be (2, 2); with the "+0.5" convention it would be (6/7 + .5, 15/7 + .5)).
@@ -115,7 +115,7 @@ def test_rule2_center_of_mass_asymmetric_l_shape():
     assert cy.tolist() == [np.float32(15 / 7), 1.0]
 
 
-def test_rule2_centre_of_mass_not_box_centre_drives_region():
+def test_t2_centre_of_mass_not_box_centre_drives_region():
     # L: rows 0..39 x cols 0..7 (320 px) + rows 32..39 x cols 8..39 (256 px), box (0, 0, 40, 40).
     # cx = (320*3.5 + 256*23.5)/576 = 12.389, cy = (320*19.5 + 256*35.5)/576 = 26.611.
     # half = 0.5*40*0.2 = 4.  rows: cell(26.61)=3, cell(22.61)=2, cell(30.61)=3 -> 2..3
@@ -128,7 +128,7 @@ def test_rule2_centre_of_mass_not_box_centre_drives_region():
     _assert_level(out[0], 8, _cells(8, [2, 3], [1, 2]), [0] * 4, [4])
 
 
-def test_rule2_pixel_index_not_pixel_centre_and_rule4_single_cell():
+def test_t2_pixel_index_not_pixel_centre_and_t4_single_cell():
     # Mask rows 0..4 x cols 7..8 (10 px): cx = 7.5, cy = 2 (pixel-index coordinates).
     # Box (7, 0, 9, 5): half_w = 0.5*2*0.2 = 0.2, half_h = 0.5.
     # cols: cell(7.5) = 0, cell(7.3) = 0, cell(7.7) = 0; rows: cell(2)=cell(1.5)=cell(2.5)=0.
@@ -142,12 +142,12 @@ def test_rule2_pixel_index_not_pixel_centre_and_rule4_single_cell():
 # Rule 3: cell(v, size) = floor((v / size) / fp32(1/S)) in float32.
 # ----------------------------------------------------------------------------------------------
 def _np_cell(v, size, num_grid):
-    """Independent float32 evaluation of the SOLO.md 2.3 formula."""
+    """Independent float32 evaluation of the rule T3 formula."""
     f32 = np.float32
     return int(np.floor(f32(f32(v) / f32(size)) / f32(1.0 / num_grid)))
 
 
-def test_rule3_grid_cell_hand_values():
+def test_t3_grid_cell_hand_values():
     # 31/128 = 0.2421875; / 0.025 = 9.6875 -> 9.
     assert grid_cell(torch.tensor([31.0]), 128, 40).tolist() == [9]
     # -0.5/128 / 0.025 = -0.156 -> floor = -1 (no clamping in cell()).
@@ -158,7 +158,7 @@ def test_rule3_grid_cell_hand_values():
     assert grid_cell(torch.tensor([31.0]), 128, 40).dtype == torch.int64
 
 
-def test_rule3_grid_cell_exactly_on_cell_boundary():
+def test_t3_grid_cell_exactly_on_cell_boundary():
     # 32/128 = 0.25 exactly; fp32(1/40) = 0.025000000372529; 0.25 / 0.025000000372529 =
     # 9.99999985..., which rounds to 10.0 in float32 (ulp(10) = 9.5e-7) -> floor = 10.
     assert grid_cell(torch.tensor([32.0]), 128, 40).tolist() == [10]
@@ -168,7 +168,7 @@ def test_rule3_grid_cell_exactly_on_cell_boundary():
     assert grid_cell(torch.tensor([200.0]), 800, 36).tolist() == [9]
 
 
-def test_rule3_grid_cell_matches_float32_formula():
+def test_t3_grid_cell_matches_float32_formula():
     # Every quarter-pixel coordinate (incl. all exact cell boundaries) for the default grids.
     mismatches = []
     for size in (96, 128, 800):
@@ -182,7 +182,7 @@ def test_rule3_grid_cell_matches_float32_formula():
     assert not mismatches, f"{len(mismatches)} (v, size, S, got, expected): {mismatches[:8]}"
 
 
-def test_rule3_centre_on_cell_boundary_in_build_targets():
+def test_t3_centre_on_cell_boundary_in_build_targets():
     # Default config, 128 x 128.  Mask rows 7..57 (51 rows) x cols 30..34 (5 cols), 255 px:
     # cy = cx = 32 exactly; box (30, 7, 35, 58), sqrt(5*51) = 15.97 -> level 0 only (S = 40).
     # ci = cj = cell(32, 128) = 10 (see the boundary test above).
@@ -200,7 +200,7 @@ def test_rule3_centre_on_cell_boundary_in_build_targets():
 # ----------------------------------------------------------------------------------------------
 # Rule 4: centre region, clamped to the image and to 3 x 3 around the centre cell.
 # ----------------------------------------------------------------------------------------------
-def test_rule4_region_clamped_at_top_left_border():
+def test_t4_region_clamped_at_top_left_border():
     # Mask rows/cols 0..9, box (0, 0, 10, 10), sigma = 2 -> half = 10.  c = 4.5 -> cell 0.
     # cell(-5.5) = -1, cell(14.5) = 1 -> top = max(0, -1, -1) = 0, down = min(7, 1, 1) = 1.
     mask = _rect(64, 64, slice(0, 10), slice(0, 10))
@@ -208,7 +208,7 @@ def test_rule4_region_clamped_at_top_left_border():
     _assert_level(out[0], 8, _cells(8, [0, 1], [0, 1]), [0] * 4, [1])
 
 
-def test_rule4_region_clamped_at_bottom_right_border():
+def test_t4_region_clamped_at_bottom_right_border():
     # Mask rows/cols 54..63, half = 10, c = 58.5 -> cell 7; cell(48.5) = 6, cell(68.5) = 8
     # -> down = min(7, 8, 8) = 7: rows/cols 6..7.
     mask = _rect(64, 64, slice(54, 64), slice(54, 64))
@@ -216,7 +216,7 @@ def test_rule4_region_clamped_at_bottom_right_border():
     _assert_level(out[0], 8, _cells(8, [6, 7], [6, 7]), [0] * 4, [1])
 
 
-def test_rule4_region_at_most_3x3_custom_sigma():
+def test_t4_region_at_most_3x3_custom_sigma():
     # Mask rows/cols 28..35, sigma = 4 -> half = 16; c = 31.5 -> cell 3; cell(15.5) = 1,
     # cell(47.5) = 5 -> clamped to 3 +- 1: rows/cols 2..4.
     mask = _rect(64, 64, slice(28, 36), slice(28, 36))
@@ -224,7 +224,7 @@ def test_rule4_region_at_most_3x3_custom_sigma():
     _assert_level(out[0], 8, _cells(8, [2, 3, 4], [2, 3, 4]), [0] * 9, [1])
 
 
-def test_rule4_region_at_most_3x3_default_config():
+def test_t4_region_at_most_3x3_default_config():
     # 96 x 96 square at rows/cols 16..111 of a 128 x 128 image, c = 63.5, half = 9.6.
     # 63.5/128 = 0.49609, 53.9/128 = 0.42109, 73.1/128 = 0.57109.
     # S=40: cells 19.84->19, 16.84->16, 22.84->22: top = max(0,16,18) = 18, down = min(39,22,20)
@@ -238,7 +238,7 @@ def test_rule4_region_at_most_3x3_default_config():
     assert len(out[3].pos) == 0 and len(out[4].pos) == 0
 
 
-def test_rule4_region_clamped_at_top_border_default_sigma():
+def test_t4_region_clamped_at_top_border_default_sigma():
     # Top strip rows 0..3 x cols 0..63 (256 px) + col 0 rows 4..39 (36 px); box (0,0,64,40).
     # cy = (256*1.5 + 36*21.5)/292 = 3.966, cx = 256*31.5/292 = 27.616; half_h = 4, half_w = 6.4
     # rows: cell(3.966) = 0, cell(-0.034) = -1 -> top = max(0, -1, -1) = 0; cell(7.966) = 0.
@@ -261,18 +261,18 @@ BIG_CELLS = _cells(8, [2, 3], [2, 3])  # 18, 19, 26, 27
 SMALL_CELL = 27
 
 
-def test_rule5_later_gt_wins_class_and_mask():
+def test_t5_later_gt_wins_class_and_mask():
     out = _build([BIG[0], SMALL[0]], [BIG[1], SMALL[1]], [5, 2], (64, 64), **ONE_LEVEL)
     _assert_level(out[0], 8, BIG_CELLS, [0, 0, 0, 1], [5, 2])
     assert out[0].cate[3, 3].item() == 2
 
 
-def test_rule5_later_gt_wins_regardless_of_size():
+def test_t5_later_gt_wins_regardless_of_size():
     out = _build([SMALL[0], BIG[0]], [SMALL[1], BIG[1]], [2, 5], (64, 64), **ONE_LEVEL)
     _assert_level(out[0], 8, BIG_CELLS, [1, 1, 1, 1], [2, 5])
 
 
-def test_rule5_one_sample_per_gt_cell_pair_solov2():
+def test_t5_one_sample_per_gt_cell_pair_solov2():
     out = _build([BIG[0], SMALL[0]], [BIG[1], SMALL[1]], [5, 2], (64, 64),
                  one_sample_per_cell=False, **ONE_LEVEL)
     level = out[0]
@@ -284,7 +284,7 @@ def test_rule5_one_sample_per_gt_cell_pair_solov2():
     assert (level.cate == NUM_CLASSES).sum().item() == 64 - 4
 
 
-def test_rule5_mask_target_is_the_winning_gts_mask():
+def test_t5_mask_target_is_the_winning_gts_mask():
     out = _build([BIG[0], SMALL[0]], [BIG[1], SMALL[1]], [5, 2], (64, 64), **ONE_LEVEL)
     level = out[0]
     # output stride 4: the downsampled gt masks (rule 6 formula, computed here independently).
@@ -297,7 +297,7 @@ def test_rule5_mask_target_is_the_winning_gts_mask():
 # ----------------------------------------------------------------------------------------------
 # Rule 6: mask targets from the padded mask at H / output_stride; empty targets stay positive.
 # ----------------------------------------------------------------------------------------------
-def test_rule6_padding_uses_padded_size_and_padded_mask():
+def test_t6_padding_uses_padded_size_and_padded_mask():
     # Valid image 60 x 90, padded to 64 x 96.  Mask rows 40..59 x cols 60..89 (touches the
     # valid border), box (60, 40, 90, 60), sqrt(600) = 24.5 -> level 0 (S = 40) only.
     # cy = 49.5, cx = 74.5, half_h = 2, half_w = 3, all against the PADDED size:
@@ -320,7 +320,7 @@ def test_rule6_padding_uses_padded_size_and_padded_mask():
     assert torch.equal(out[1].masks[0], expected)
 
 
-def test_rule6_all_zero_downsampled_mask_still_positive():
+def test_t6_all_zero_downsampled_mask_still_positive():
     # One-pixel-high line at row 4, cols 10..49 (40 px), box (10, 4, 50, 5), sqrt 6.3 -> level 0.
     # At /4 output rows read input rows (1, 2), (5, 6), ...: row 4 is never read -> empty target.
     # cy = 4, cx = 29.5 (64 x 64, S = 40): rows cell(3.9) = cell(4) = cell(4.1) = 2 (2.44..2.56)
@@ -331,7 +331,7 @@ def test_rule6_all_zero_downsampled_mask_still_positive():
     assert not out[0].masks[0].any()
 
 
-def test_rule1_min_mask_pixels_9_vs_10():
+def test_t1_min_mask_pixels_9_vs_10():
     size = (64, 64)
     nine = _rect(*size, slice(10, 13), slice(10, 13))  # 3 x 3 = 9 px
     ten = _rect(*size, slice(40, 42), slice(40, 45))  # 2 x 5 = 10 px
@@ -347,7 +347,7 @@ def test_rule1_min_mask_pixels_9_vs_10():
     assert len(out[0].pos) > 0
 
 
-def test_project_empty_gt_all_background():
+def test_t7_empty_gt_all_background():
     size = (64, 96)
     out = _build([], [], [], size)  # num_classes = 80 by default
     assert len(out) == 5
@@ -379,7 +379,7 @@ def test_output_dtypes_devices_and_uint8_input():
 
 
 @pytest.mark.parametrize("stride", [2, 4, 8, 16])
-def test_rule6_downsample_masks_equals_interpolate(stride):
+def test_t6_downsample_masks_equals_interpolate(stride):
     gen = torch.Generator().manual_seed(stride)
     for density in (0.1, 0.5, 0.9):
         masks = torch.rand(4, 64, 96, generator=gen) < density
@@ -393,7 +393,7 @@ def test_rule6_downsample_masks_equals_interpolate(stride):
 
 # ----------------------------------------------------------------------------------------------
 # Randomized comparison with a per-object loop re-implementation of the original algorithm
-# (dense S^2 x h x w targets, rules 1-6 of SOLO.md section 2).
+# (dense S^2 x h x w targets, rules T1-T6 of DESIGN.md).
 # ----------------------------------------------------------------------------------------------
 def _reference_level(boxes, classes, masks, image_size, num_grid, scale_range, output_stride,
                      sigma, num_classes, min_pixels):
@@ -479,7 +479,7 @@ RANDOM_CONFIG = dict(
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4, 5])
-def test_rules_1_to_6_randomized_against_per_object_reference(seed):
+def test_t1_to_t6_randomized_against_per_object_reference(seed):
     masks, boxes, classes = _random_instances(seed)
     padded = masks.shape[1:]
     args = (torch.from_numpy(boxes), torch.from_numpy(classes).long(), torch.from_numpy(masks),

@@ -116,7 +116,9 @@ def tiny_dataset_args(json_file, image_dir, train=True):
     return args + (["DATASETS.TRAIN", '("tiny",)'] if train else [])
 
 
-@pytest.fixture(scope="module", params=["SOLO", "DecoupledSOLO", "DecoupledSOLOLight", "SOLOv2"])
+@pytest.fixture(
+    scope="module", params=["SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light", "SOLOv2"]
+)
 def overfit_run(request, tiny_shapes, tmp_path_factory):
     """Train a head on 8 images for 400 iterations, evaluating on the same images at the end."""
     head = request.param

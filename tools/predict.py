@@ -16,22 +16,19 @@ import glob
 import json
 import logging
 import os
-import sys
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import solo_d2  # noqa: E402  (compat shims and registrations before detectron2)
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.engine import DefaultPredictor  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from detectron2.utils.visualizer import ColorMode, Visualizer  # noqa: E402
-from solo_d2.evaluation import check_weights  # noqa: E402
+import solo_d2  # compat shims and registrations before detectron2
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from solo_d2.engine import check_weights
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 logger = logging.getLogger("solo_d2.predict")

@@ -402,12 +402,12 @@ def generate_shapes_dataset(
 
 # ----------------------------------------------------------------------------- registration
 def default_datasets_root() -> str:
-    """``$SOLO_D2_DATASETS`` if set, else ``<repo root>/datasets``."""
-    env = os.environ.get("SOLO_D2_DATASETS")
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(repo_root, "datasets")
+    """Where datasets live: ``$SOLO_D2_DATASETS``, else Detectron2's ``$DETECTRON2_DATASETS``,
+    else ``./datasets`` (relative to the working directory, as Detectron2's builtin datasets)."""
+    for variable in ("SOLO_D2_DATASETS", "DETECTRON2_DATASETS"):
+        if os.environ.get(variable):
+            return os.path.abspath(os.path.expanduser(os.environ[variable]))
+    return os.path.abspath("datasets")
 
 
 def shapes_root(datasets_root: Optional[str] = None) -> str:
@@ -416,9 +416,15 @@ def shapes_root(datasets_root: Optional[str] = None) -> str:
 
 
 def _load_split(name, root, split, num_images, image_size, seed):
+    """Generate (first time) and load a split; a lazily registered root is resolved now."""
+    from detectron2.data import MetadataCatalog
     from detectron2.data.datasets import load_coco_json
 
+    root = root or shapes_root()
     json_path, image_dir = generate_shapes_dataset(root, split, num_images, image_size, seed)
+    metadata = MetadataCatalog.get(name)
+    if not hasattr(metadata, "json_file"):
+        metadata.set(json_file=json_path, image_root=image_dir)
     return load_coco_json(json_path, image_dir, name)
 
 
@@ -433,8 +439,10 @@ def register_shapes_datasets(
     """Register ``<prefix>_train`` / ``<prefix>_val`` in Detectron2's catalogs.
 
     Like ``register_coco_instances``, but the split is generated on first
-    ``DatasetCatalog.get``. ``root`` defaults to :func:`shapes_root` (resolved now). Names
-    that are already registered are left alone. Returns the two names.
+    ``DatasetCatalog.get``. Without ``root``, the location (:func:`shapes_root`) is resolved at
+    that first load, so registering reads no environment and touches no disk; the metadata
+    ``json_file`` / ``image_root`` are set then. Names that are already registered are left
+    alone. Returns the two names.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -442,20 +450,20 @@ def register_shapes_datasets(
     num_val = _check_int("num_val", num_val, 1)
     image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
     seed = _check_int("seed", seed, 0)
-    root = os.path.abspath(os.fspath(root)) if root else shapes_root()
+    root = os.path.abspath(os.fspath(root)) if root else None
     names = []
     for split, num in (("train", num_train), ("val", num_val)):
         name = f"{prefix}_{split}"
         names.append(name)
         if name in DatasetCatalog.list():
             continue
-        json_path, image_dir = _paths(root, split)
         DatasetCatalog.register(
             name, functools.partial(_load_split, name, root, split, num, image_size, seed)
         )
+        if root:
+            json_path, image_dir = _paths(root, split)
+            MetadataCatalog.get(name).set(json_file=json_path, image_root=image_dir)
         MetadataCatalog.get(name).set(
-            json_file=json_path,
-            image_root=image_dir,
             evaluator_type="coco",
             thing_classes=list(SHAPES_CLASSES),
             thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(SHAPES_CLASSES))},

@@ -1,4 +1,4 @@
-"""SOLO losses (SOLO.md section 3): Dice on positive masks, sigmoid focal loss on categories."""
+"""SOLO losses (DESIGN.md rules L1-L3): Dice on positive masks, sigmoid focal loss on categories."""
 
 from typing import List
 

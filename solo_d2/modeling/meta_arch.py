@@ -194,7 +194,7 @@ class SOLO(nn.Module):
     def losses(
         self, outputs: SOLOHeadOutputs, targets: List[List[LevelTargets]]
     ) -> Dict[str, torch.Tensor]:
-        """Dice over the positive mask samples + focal over all cells (SOLO.md 3)."""
+        """Dice over the positive mask samples + focal over all cells (DESIGN.md rules L1-L3)."""
         probs, masks = self.mask_samples(outputs, targets)
         cate_logits = torch.cat(
             [

@@ -129,7 +129,7 @@ def resize_masks(
     mask_thresh: float,
     chunk: int = 4,
 ) -> torch.Tensor:
-    """Soft masks at H/4 -> binary masks at the output size (SOLO.md 4.6).
+    """Soft masks at H/4 -> binary masks at the output size (rule I6).
 
     Resize to the padded input size, crop the valid ``image_size``, resize to ``output_size``
     (skipped when it is the crop's size: an identity). Runs on chunks of ``chunk`` masks, which

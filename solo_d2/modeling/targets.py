@@ -1,4 +1,4 @@
-"""SOLO target assignment (SOLO.md section 2), vectorised over instances, on the input's device.
+"""SOLO target assignment (DESIGN.md rules T1-T7), vectorised over instances, on the input's device.
 
 Positives are represented as (cell index, gt index) pairs plus one set of gt masks per level:
 the ``S^2 x h x w`` target tensor of the original implementation is never materialised.
@@ -77,7 +77,7 @@ def center_of_mass(masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 def grid_cell(coord: torch.Tensor, size: int, num_grid: int) -> torch.Tensor:
     """Grid cell of coordinates: ``floor((coord / size) / fp32(1/S))``, divisions in float32.
 
-    The quotient is rounded to float32 before the floor (SOLO.md 2.3). Note that torch's
+    The quotient is rounded to float32 before the floor (rule T3). Note that torch's
     ``t // (1. / S)`` differs exactly on cell boundaries since torch 1.13: it floors the exact
     quotient (e.g. 0.25 // fp32(1/40) = 9, while floor(fp32(0.25 / fp32(1/40))) = 10).
     Returns Long, not clamped.
@@ -123,7 +123,7 @@ def assign_centre_regions(
     num_grid: int,
     sigma: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """All (gt, cell) pairs of the gts' centre regions (SOLO.md 2.3-2.4).
+    """All (gt, cell) pairs of the gts' centre regions (rules T3-T4).
 
     Args:
         gt_boxes: Float[N, 4] XYXY.

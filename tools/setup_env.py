@@ -9,7 +9,8 @@ Creates ``.venv/`` in the repository root and installs, in order:
                    build with CUDA ops); otherwise the official v0.6 Python sources from the PyPI
                    sdist ``pb1-detectron2==0.6``, installed as a proper ``detectron2``
                    distribution without its C++ ops (their sources are absent from the sdist);
-4. ``solo_d2``     this package (editable) with its runtime and test dependencies.
+4. ``solo_d2``     this package (editable) with its runtime, test and export (ONNX)
+                   dependencies.
 
 A detectron2 importable by the base interpreter is inherited through
 ``--system-site-packages`` and is never replaced. Each step first checks whether it is already
@@ -204,7 +205,7 @@ def step_solo_d2(python, venv, force):
     run("solo_d2 (build tools)", [python, "-m", "pip", "install", "setuptools>=61,<81", "wheel"])
     run(
         "solo_d2 (editable install)",
-        [python, "-m", "pip", "install", "--no-build-isolation", "-e", ".[test]"],
+        [python, "-m", "pip", "install", "--no-build-isolation", "-e", ".[test,export]"],
         cwd=REPO,
     )
     stamp.write_text(digest + "\n")

@@ -54,6 +54,11 @@ class SOLOHeadOutputs(NamedTuple):
     mask_data: List[Any]
 
 
+def _logit(prob: float) -> float:
+    """The bias whose sigmoid is ``prob``."""
+    return -math.log((1 - prob) / prob)
+
+
 def _deformable_layers(which: str, num_convs: int) -> Tuple[int, ...]:
     """Indices of the deformable tower convs for ``MODEL.SOLO.DCN_TOWER_LAYERS``."""
     layers = {"none": (), "last": (num_convs - 1,), "all": tuple(range(num_convs))}
@@ -85,6 +90,7 @@ class SOLOHeadBase(nn.Module):
         num_stacked_convs: int,
         norm: str,
         prior_prob: float,
+        mask_prior_prob: float,
         dcn_tower_layers: str,
     ):
         super().__init__()
@@ -94,7 +100,8 @@ class SOLOHeadBase(nn.Module):
         self.feat_channels = feat_channels
         self.num_stacked_convs = num_stacked_convs
         self.norm = norm
-        self.prior_bias = -math.log((1 - prior_prob) / prior_prob)
+        self.prior_bias = _logit(prior_prob)
+        self.mask_prior_bias = _logit(mask_prior_prob)
         self.tower_dcn_layers = _deformable_layers(dcn_tower_layers, num_stacked_convs)
         self.cate_tower = self.tower(in_channels)
         self.cate_pred = nn.Conv2d(feat_channels, num_classes, kernel_size=3, padding=1)
@@ -120,6 +127,7 @@ class SOLOHeadBase(nn.Module):
             "num_stacked_convs": head.NUM_STACKED_CONVS,
             "norm": head.NORM,
             "prior_prob": head.PRIOR_PROB,
+            "mask_prior_prob": head.MASK_PRIOR_PROB,
             "dcn_tower_layers": head.DCN_TOWER_LAYERS,
         }
 
@@ -197,7 +205,7 @@ class SOLOHead(SOLOHeadBase):
             nn.Conv2d(self.feat_channels, s * s, kernel_size=1) for s in self.num_grids
         )
         init_conv(self.mask_tower)
-        init_conv(self.mask_preds, bias=self.prior_bias)
+        init_conv(self.mask_preds, bias=self.mask_prior_bias)
 
     def forward_mask(self, levels):
         return [
@@ -234,8 +242,8 @@ class _DecoupledMaskProbs:
         self.mask_preds_y = nn.ModuleList(
             nn.Conv2d(self.feat_channels, s, kernel_size=3, padding=1) for s in self.num_grids
         )
-        init_conv(self.mask_preds_x, bias=self.prior_bias)
-        init_conv(self.mask_preds_y, bias=self.prior_bias)
+        init_conv(self.mask_preds_x, bias=self.mask_prior_bias)
+        init_conv(self.mask_preds_y, bias=self.mask_prior_bias)
 
     def mask_probs(self, outputs, level, image_idx, cells, out_size=None):
         num_grid = self.num_grids[level]

@@ -4,6 +4,7 @@
     python train_net.py --config-file configs/SOLO_R50_1x.yaml
     python train_net.py --config-file configs/SOLO_R50_1x.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file ... --num-gpus 8 SOLVER.IMS_PER_BATCH 16
+    torchrun --nproc_per_node 8 train_net.py --config-file ...
     python train_net.py --config-file ... --coco-dataset my_train train.json images/ \\
         DATASETS.TRAIN '("my_train",)' MODEL.SOLO.NUM_CLASSES 3
 """
@@ -11,12 +12,12 @@
 import solo_d2  # noqa: F401  (compat shims, SOLO registration, embedded datasets)
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 from solo_d2 import SOLOCheckpointer, add_solo_config
 from solo_d2.data import register_coco_dataset
-from solo_d2.engine import Trainer, check_dataset_classes, check_devices, check_weights
+from solo_d2.engine import Trainer, check_amp, check_dataset_classes, check_weights, launch
 
 
 def setup(args):
@@ -36,6 +37,7 @@ def main(args):
     cfg = setup(args)
     check_dataset_classes(cfg, eval_only=args.eval_only)
     check_weights(cfg)
+    check_amp(cfg)
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model.pth")
@@ -69,7 +71,7 @@ def get_parser():
 
 if __name__ == "__main__":
     args = get_parser().parse_args()
-    check_devices(args.num_gpus)
+    # --num-gpus N: N processes per machine; NCCL with CUDA, gloo on the CPU (solo_d2.engine.launch)
     launch(
         main,
         args.num_gpus,

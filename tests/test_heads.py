@@ -53,6 +53,19 @@ def test_train_step_and_inference(head):
 
 
 @pytest.mark.parametrize("head", HEADS)
+def test_mixed_precision_forward_gives_float32_losses(head):
+    """Autocast (bfloat16 here, float16 on CUDA): the network runs in low precision, the losses
+    in float32, and every parameter still gets a finite gradient."""
+    model = build(head).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch())
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("head", HEADS)
 def test_no_gt_batch_trains(head):
     model = build(head).train()
     losses = model([make_input([], [], seed=4)])

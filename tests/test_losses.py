@@ -4,6 +4,7 @@ Expected values are hand-computed (comments) or re-computed with a plain per-ele
 """
 import math
 
+import pytest
 import torch
 
 from solo_d2.modeling.losses import category_focal_loss, dice_loss, mask_loss
@@ -157,3 +158,20 @@ def test_l2_focal_loss_random_against_plain_formula():
     assert math.isclose(loss.item(), expected, rel_tol=1e-5)
     loss.backward()
     assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_l1_l2_losses_are_float32_under_autocast(dtype):
+    """Mixed precision: the Dice sums of a large mask overflow float16 (65504); the losses are
+    computed in float32 whatever the autocast state and input dtype."""
+    probs = torch.ones(2, 300, 300, dtype=dtype)
+    targets = torch.ones(2, 300, 300, dtype=torch.bool)
+    logits = torch.randn(50, 4).to(dtype)
+    labels = torch.randint(0, 5, (50,))
+    with torch.autocast("cpu", dtype=dtype):
+        dice = dice_loss(probs, targets)
+        focal = category_focal_loss(logits, labels, 4, 0.25, 2.0)
+    assert dice.dtype == torch.float32 and focal.dtype == torch.float32
+    assert torch.allclose(dice, torch.zeros(2), atol=1e-6)  # perfect masks, no inf / NaN
+    expected = category_focal_loss(logits.float(), labels, 4, 0.25, 2.0)
+    assert torch.allclose(focal, expected)

@@ -3,11 +3,9 @@ message naming the problem instead of minutes later inside Detectron2."""
 
 import os
 
-import torch
-
 from detectron2.data import MetadataCatalog
 
-__all__ = ["check_dataset_classes", "check_devices", "check_weights"]
+__all__ = ["check_amp", "check_dataset_classes", "check_weights"]
 
 
 def check_dataset_classes(cfg, eval_only: bool = False):
@@ -35,9 +33,14 @@ def check_weights(cfg):
         raise FileNotFoundError(f"MODEL.WEIGHTS file {path!r} does not exist{hint}")
 
 
-def check_devices(num_gpus: int):
-    """Fail if more than one process per machine is asked for without CUDA."""
-    if num_gpus > 1 and not torch.cuda.is_available():
-        raise SystemExit(
-            f"--num-gpus {num_gpus} needs CUDA; this machine has none (use --num-gpus 1)"
+def check_amp(cfg):
+    """Fail if mixed precision is asked for on the CPU.
+
+    ``SOLVER.AMP.ENABLED`` selects Detectron2's ``AMPTrainer``, which uses CUDA's float16
+    autocast and gradient scaler; on the CPU, train in float32.
+    """
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED needs CUDA (Detectron2's AMPTrainer uses torch.cuda.amp), but "
+            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: set SOLVER.AMP.ENABLED False on the CPU"
         )

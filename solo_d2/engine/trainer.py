@@ -1,20 +1,68 @@
-"""The SOLO trainer: Detectron2's ``DefaultTrainer`` with COCO mask + box evaluation."""
+"""The SOLO trainer: Detectron2's ``DefaultTrainer`` with COCO mask + box evaluation, solo_d2's
+checkpointer, and DistributedDataParallel on the CPU (gloo) as well as on CUDA (NCCL)."""
 
-from detectron2.engine import DefaultTrainer
+import logging
+import weakref
+
+from torch.nn.parallel import DistributedDataParallel
+
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
+from ..checkpoint import SOLOCheckpointer
 from ..evaluation import build_evaluator, summarize_results
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "create_ddp_model"]
+
+
+def create_ddp_model(model, **kwargs):
+    """Wrap ``model`` in DistributedDataParallel when there are several processes.
+
+    Like Detectron2's ``create_ddp_model``, but ``device_ids`` is the local rank only for a CUDA
+    model: a CPU model (gloo) takes none. ``find_unused_parameters`` keeps DDP's default (False):
+    every SOLO head gives every parameter a gradient, also on a process whose images have no
+    ground truth or no positive sample (DESIGN.md rule L3).
+    """
+    if comm.get_world_size() == 1:
+        return model
+    device = next(model.parameters()).device
+    if device.type == "cuda" and "device_ids" not in kwargs:
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    return DistributedDataParallel(model, **kwargs)
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` that evaluates with :func:`solo_d2.evaluation.build_evaluator` and logs
-    one ``[solo_d2] <dataset>: mask AP .., box AP ..`` line per test dataset.
+    """``DefaultTrainer`` for SOLO.
 
-    Loading ``MODEL.WEIGHTS`` goes through solo_d2's checkpoint formats (published SOLO
-    layouts, safe reading; see :mod:`solo_d2.checkpoint`).
+    * evaluation with :func:`solo_d2.evaluation.build_evaluator`, and one
+      ``[solo_d2] <dataset>: mask AP .., box AP ..`` log line per test dataset;
+    * checkpoints through :class:`solo_d2.checkpoint.SOLOCheckpointer` (published SOLO layouts,
+      safe reading, strict reporting), written by the main process only;
+    * DistributedDataParallel on CPU processes too (:func:`create_ddp_model`).
+
+    ``SOLVER.IMS_PER_BATCH`` is the global batch, split over the processes, as in Detectron2.
     """
+
+    def __init__(self, cfg):  # DefaultTrainer.__init__, with the two changes above
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SOLOCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -12,14 +12,20 @@ __all__ = ["dice_loss", "mask_loss", "category_focal_loss"]
 def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 0.001) -> torch.Tensor:
     """Per-sample Dice loss ``1 - 2 sum(p t) / ((sum(p^2) + eps) + (sum(t^2) + eps))``.
 
+    Computed in float32 whatever the input dtype or autocast state: the sums over a mask can
+    exceed the float16 range (65504).
+
     Args:
-        probs: Float[P, h, w] mask probabilities.
+        probs: Float[P, h, w] mask probabilities (any float dtype).
         targets: Bool/Float[P, h, w] binary targets.
     Returns:
-        Float[P].
+        Float32[P].
     """
-    probs = probs.flatten(1)
-    targets = targets.flatten(1).to(probs.dtype)
+    with torch.autocast(probs.device.type, enabled=False):
+        return _dice_loss_fp32(probs.flatten(1).float(), targets.flatten(1).float(), eps)
+
+
+def _dice_loss_fp32(probs: torch.Tensor, targets: torch.Tensor, eps: float) -> torch.Tensor:
     intersection = (probs * targets).sum(dim=1)
     return 1.0 - 2.0 * intersection / (
         (probs.pow(2).sum(dim=1) + eps) + (targets.pow(2).sum(dim=1) + eps)
@@ -45,11 +51,18 @@ def category_focal_loss(
 ) -> torch.Tensor:
     """Sigmoid focal loss summed over cells and classes, divided by (#positive cells + 1).
 
+    The count of positive cells is the process's own (per GPU), as in the original
+    implementation. Computed in float32 whatever the input dtype or autocast state.
+
     Args:
         logits: Float[M, C] category logits of all cells of all levels and images.
         labels: Long[M] class per cell, background = ``num_classes``.
+    Returns:
+        Float32 scalar.
     """
-    targets = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)
-    num_pos = (labels != num_classes).sum()
-    loss = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="sum")
-    return loss / (num_pos + 1)
+    with torch.autocast(logits.device.type, enabled=False):
+        logits = logits.float()
+        targets = F.one_hot(labels, num_classes + 1)[:, :num_classes].to(logits.dtype)
+        num_pos = (labels != num_classes).sum()
+        loss = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="sum")
+        return loss / (num_pos + 1)

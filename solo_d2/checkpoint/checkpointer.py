@@ -9,7 +9,9 @@
 3. missing, unexpected and shape-mismatched keys are reported as one warning, and are an error
    when loading strictly (by default: when the model is in eval mode, as in ``--eval-only``
    and ``DefaultPredictor``). When fine-tuning on another class count, only the
-   class-dependent category output layer is left out, with a message saying so.
+   class-dependent category output layer is left out, with a message saying so;
+4. checkpoints and the ``last_checkpoint`` tag are written atomically (a temporary file, then a
+   rename), so a run killed while saving leaves the previous checkpoint intact.
 
 :func:`register_checkpoint_formats` (run by ``import solo_d2``) gives Detectron2's own
 ``DetectionCheckpointer`` the same behaviour **for SOLO models only**, so that code which builds
@@ -18,7 +20,10 @@ other models are untouched.
 """
 
 import logging
+import os
 from typing import Any, Dict, List, Optional
+
+import torch
 
 from fvcore.common.checkpoint import (
     _filter_reused_missing_keys,
@@ -92,6 +97,20 @@ def read_solo_checkpoint(
         ),
     )
     return {"model": converted.state_dict, "__author__": f"solo_d2 converter ({source})"}
+
+
+def _write_atomically(path: str, write) -> None:
+    """``write(file)`` into a temporary file next to ``path``, then rename it to ``path``."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def _load_file(checkpointer, filename: str) -> Dict[str, Any]:
@@ -177,6 +196,24 @@ class SOLOCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         return _load_file(self, filename)
+
+    def save(self, name: str, **kwargs) -> None:
+        """Save ``<save_dir>/<name>.pth`` atomically (as fvcore's ``save`` otherwise)."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", path)
+        _write_atomically(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        _write_atomically(path, lambda f: f.write(last_filename_basename.encode()))
 
     def _log_incompatible_keys(self, incompatible):
         _report_incompatible_keys(self, incompatible)

@@ -4,19 +4,24 @@ COCO 2017 (``coco_2017_train`` etc.) is registered by Detectron2's own builtin d
 """
 
 from .coco import register_coco_dataset
+from .mapper import SOLODatasetMapper
 from .shapes import (
     SHAPES_CLASSES,
     default_datasets_root,
     generate_shapes_dataset,
     register_shapes_datasets,
 )
+from .validation import DatasetError, validate_dataset_dicts
 
 __all__ = [
+    "DatasetError",
+    "SOLODatasetMapper",
     "register_coco_dataset",
     "SHAPES_CLASSES",
     "default_datasets_root",
     "generate_shapes_dataset",
     "register_shapes_datasets",
+    "validate_dataset_dicts",
 ]
 
 register_shapes_datasets()

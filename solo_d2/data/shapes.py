@@ -425,7 +425,7 @@ def _load_split(name, root, split, num_images, image_size, seed):
     metadata = MetadataCatalog.get(name)
     if not hasattr(metadata, "json_file"):
         metadata.set(json_file=json_path, image_root=image_dir)
-    return load_coco_json(json_path, image_dir, name)
+    return load_coco_json(json_path, image_dir, name, extra_annotation_keys=["id"])
 
 
 def register_shapes_datasets(

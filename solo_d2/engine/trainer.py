@@ -1,5 +1,6 @@
 """The SOLO trainer: Detectron2's ``DefaultTrainer`` with COCO mask + box evaluation, solo_d2's
-checkpointer, and DistributedDataParallel on the CPU (gloo) as well as on CUDA (NCCL)."""
+checkpointer, checked data, exact resume, and DistributedDataParallel on the CPU (gloo) as well
+as on CUDA (NCCL)."""
 
 import logging
 import weakref
@@ -13,6 +14,8 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SOLOCheckpointer
 from ..evaluation import build_evaluator, summarize_results
+from .hooks import RNGStateHook
+from .loaders import build_test_loader, build_train_loader, train_records
 
 __all__ = ["Trainer", "create_ddp_model"]
 
@@ -40,7 +43,12 @@ class Trainer(DefaultTrainer):
       ``[solo_d2] <dataset>: mask AP .., box AP ..`` log line per test dataset;
     * checkpoints through :class:`solo_d2.checkpoint.SOLOCheckpointer` (published SOLO layouts,
       safe reading, strict reporting), written by the main process only;
-    * DistributedDataParallel on CPU processes too (:func:`create_ddp_model`).
+    * DistributedDataParallel on CPU processes too (:func:`create_ddp_model`);
+    * dataset records checked before the run starts and images that cannot be decoded skipped
+      (:mod:`solo_d2.data.validation`, :class:`solo_d2.data.SOLODatasetMapper`);
+    * exact resume: the sampler continues where the checkpoint was written and the random
+      generators are restored (:class:`RNGStateHook`); with ``SEED`` >= 0 and
+      ``DATALOADER.NUM_WORKERS 0``, N iterations equal N/2 + resume N/2 bit for bit.
 
     ``SOLVER.IMS_PER_BATCH`` is the global batch, split over the processes, as in Detectron2.
     """
@@ -63,6 +71,45 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg, start_iter: int = 0):
+        """Training loader (checked records) starting at iteration ``start_iter``."""
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        return build_train_loader(cfg, train_records(cfg), seed, start_iter)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_test_loader(cfg, dataset_name)
+
+    def build_hooks(self):
+        self._rng_state = RNGStateHook()
+        return super().build_hooks() + [self._rng_state]
+
+    def state_dict(self):
+        """Also the optimizer state (momentum), which Detectron2 0.6's DefaultTrainer leaves out
+        of checkpoints (later versions save it the same way)."""
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # checkpoints written without it resume without momentum
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    def resume_or_load(self, resume=True):
+        """As ``DefaultTrainer``; when resuming, the data continue where the checkpoint was
+        written, with the random generators of that moment."""
+        super().resume_or_load(resume=resume)
+        if self.start_iter > 0:
+            loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+            self._trainer.data_loader = loader
+            if hasattr(self._trainer, "_data_loader_iter_obj"):  # Detectron2 > 0.6: lazy
+                self._trainer._data_loader_iter_obj = None
+            else:
+                self._trainer._data_loader_iter = iter(loader)
+            self._rng_state.restore()  # building the loader drew from the generators
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

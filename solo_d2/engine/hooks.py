@@ -1,0 +1,48 @@
+"""Training hooks of the SOLO trainer."""
+
+import random
+
+import numpy as np
+import torch
+
+from detectron2.engine import HookBase
+
+__all__ = ["RNGStateHook"]
+
+
+class RNGStateHook(HookBase):
+    """Puts the states of Python's, NumPy's and torch's random generators into checkpoints and
+    restores them on resume.
+
+    Data augmentation draws from them (in the main process with ``DATALOADER.NUM_WORKERS 0``),
+    so a run resumed from iteration k then continues exactly as the uninterrupted run did: same
+    images, same augmentations, same losses and weights. With worker processes the images are
+    the same but their augmentations are drawn anew.
+    """
+
+    def __init__(self):
+        self._loaded = None
+
+    def state_dict(self):
+        state = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict):
+        self._loaded = state_dict
+        self.restore()
+
+    def restore(self):
+        """Set the generators to the loaded states (again, e.g. after building a data loader)."""
+        if self._loaded is None:
+            return
+        random.setstate(self._loaded["python"])
+        np.random.set_state(self._loaded["numpy"])
+        torch.set_rng_state(self._loaded["torch"])
+        if "cuda" in self._loaded and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._loaded["cuda"])

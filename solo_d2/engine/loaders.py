@@ -64,7 +64,10 @@ def build_train_loader(cfg, records: List[Dict], sampler_seed: int, start_iter: 
             cfg.DATALOADER.SAMPLER_TRAIN,
         )
     return build_detection_train_loader(
-        cfg, mapper=SOLODatasetMapper(cfg, True), dataset=records, sampler=sampler
+        cfg,
+        mapper=SOLODatasetMapper(cfg, True, fallback_records=records),
+        dataset=records,
+        sampler=sampler,
     )
 
 

@@ -1,23 +1,29 @@
-"""Guards of tools/benchmark.py: what it compares is equivalent, and it runs end to end.
+"""Guards of tools/benchmark.py and solo_d2.benchmark: what it compares is equivalent, and it
+runs end to end.
 
 No timing is asserted here; the numbers are in docs/BENCHMARKS.md.
 """
 
+import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import REPO, make_input, tiny_cfg
+from detectron2.modeling import build_model
+from solo_d2 import benchmark
+from solo_d2.benchmark.dense_baseline import assert_same_targets, build_dense_targets, cell_of
+from solo_d2.modeling.targets import build_solo_targets, grid_cell
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-
-import benchmark  # noqa: E402
-from dense_baseline import assert_same_targets, build_dense_targets, cell_of  # noqa: E402
-from solo_d2.modeling.targets import build_solo_targets, grid_cell  # noqa: E402
+# The CLI is a script, not part of the package: loaded from its file.
+spec = importlib.util.spec_from_file_location(
+    "benchmark_cli", os.path.join(REPO, "tools", "benchmark.py")
+)
+benchmark_cli = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark_cli)
 
 SMALL = dict(
     num_grids=(12, 10, 8, 6, 4),
@@ -88,7 +94,7 @@ def test_cell_rule_matches_grid_cell():
 def test_all_channel_loss_equals_positive_only_loss():
     cfg = tiny_cfg()
     torch.manual_seed(0)
-    positive_only = benchmark.build_model(cfg).train()
+    positive_only = build_model(cfg).train()
     all_channel = benchmark.AllChannelSOLO(cfg).train()
     all_channel.load_state_dict(positive_only.state_dict())
     batch = [
@@ -116,7 +122,7 @@ def test_inference_load_sets_the_candidate_count():
 def test_cli_quick_run_writes_json_and_png(tmp_path):
     threads = torch.get_num_threads()
     try:
-        results = benchmark.main(
+        results = benchmark_cli.main(
             ["--quick", "--device", "cpu", "--threads", "1", "--output", str(tmp_path)]
             + ["--models", "SOLO", "MaskRCNN"]
         )

@@ -1,4 +1,5 @@
-"""Dense per-object SOLO target builder: the baseline of ``tools/benchmark.py``.
+"""Dense per-object SOLO target builder: the baseline of the ``targets`` section of
+``tools/benchmark.py``.
 
 A straightforward re-implementation of the original (mmdetection) SOLO target assignment, the
 reference that ``solo_d2.modeling.targets.build_solo_targets`` is benchmarked against:

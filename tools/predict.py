@@ -9,6 +9,13 @@
 written to ``--output`` as a PNG with masks, classes and scores drawn by Detectron2's
 ``Visualizer``. ``--json`` also writes COCO-style results (RLE masks, XYWH boxes, 1-based
 ``category_id`` in the order of ``thing_classes``, plus ``file_name``).
+
+With ``--onnx model.onnx`` (written by ``tools/export_model.py``) the exported model runs in ONNX
+Runtime (``solo_d2.export.OnnxPredictor``: the same input resize as DefaultPredictor, read from
+the model's metadata); ``--config-file`` and weights are then not needed (a config given only
+names the class names' dataset when the model has none stored).
+
+    python tools/predict.py --onnx out/model.onnx --input datasets/shapes/val --output output/vis
 """
 
 import argparse
@@ -36,7 +43,8 @@ logger = logging.getLogger("solo_d2.predict")
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--config-file", metavar="FILE", help="required unless --onnx")
+    parser.add_argument("--onnx", metavar="FILE", help="run this exported ONNX model instead")
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or globs")
     parser.add_argument("--output", required=True, help="folder for the drawn PNGs")
     parser.add_argument("--json", help="also write COCO-style results to this file")
@@ -77,6 +85,35 @@ def setup_cfg(args):
     return cfg
 
 
+def default_predictor(cfg):
+    """(BGR image -> Instances on the CPU, metadata for drawing) of Detectron2's predictor."""
+    predictor = DefaultPredictor(cfg)
+
+    def predict(image):
+        return predictor(image)["instances"].to("cpu")
+
+    return predict, MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+
+
+def onnx_predictor(args):
+    """(BGR image -> Instances, metadata for drawing) of an exported ONNX model."""
+    from solo_d2.export import OnnxPredictor
+
+    predictor = OnnxPredictor(args.onnx)
+    class_names = predictor.metadata.get("class_names")
+    if args.config_file:
+        cfg = get_cfg()
+        solo_d2.add_solo_config(cfg)
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+        dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
+        class_names = class_names or MetadataCatalog.get(dataset).get("thing_classes", None)
+    metadata = MetadataCatalog.get(f"__solo_d2_onnx:{os.path.abspath(args.onnx)}")
+    if class_names and not metadata.get("thing_classes", None):
+        metadata.set(thing_classes=list(class_names))
+    return predictor, metadata
+
+
 def instances_to_coco(instances, file_name, image_id):
     """COCO-style result dicts of one image's predictions."""
     results = []
@@ -101,21 +138,22 @@ def instances_to_coco(instances, file_name, image_id):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="solo_d2")
-    cfg = setup_cfg(args)
+    if not args.config_file and not args.onnx:
+        raise ValueError("give --config-file (and MODEL.WEIGHTS), or --onnx model.onnx")
+    cfg = None if args.onnx else setup_cfg(args)
     paths = list_images(args.input)
     if args.max_images > 0:
         paths = paths[: args.max_images]
     if not paths:
         raise FileNotFoundError(f"no images found in {args.input}")
-    predictor = DefaultPredictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    predict, metadata = onnx_predictor(args) if args.onnx else default_predictor(cfg)
     os.makedirs(args.output, exist_ok=True)
     coco_results = []
     for image_id, path in enumerate(tqdm.tqdm(paths, desc="predict")):
         image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, as DefaultPredictor expects
         if image is None:
             raise OSError(f"cannot read image {path!r}")
-        instances = predictor(image)["instances"].to("cpu")
+        instances = predict(image)
         keep = instances[instances.scores >= args.confidence_threshold]
         drawing = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
         drawing = drawing.draw_instance_predictions(keep).get_image()

@@ -11,12 +11,35 @@ from detectron2.layers import Conv2d, get_norm
 
 __all__ = [
     "ModulatedDeformConv2d",
+    "append_zero_item",
     "conv_tower",
     "coord_features",
     "init_conv",
+    "is_exporting",
     "per_sample_conv",
     "resize_probs",
 ]
+
+
+def is_exporting() -> bool:
+    """True while the model is traced or exported (``torch.jit.trace``, ``torch.onnx.export``,
+    ``torch.export``). The data-dependent inference steps then take their graph form: no Python
+    branch or loop on the number of candidates / detections (which may be 0) and no byte-level
+    tricks; eager runs keep their faster forms (DESIGN.md section 1, "Export")."""
+    compiler = getattr(torch, "compiler", None)
+    return (
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or bool(compiler is not None and getattr(compiler, "is_exporting", bool)())
+    )
+
+
+def append_zero_item(x: torch.Tensor) -> torch.Tensor:
+    """``x`` [K, ...] with one all-zero item appended: [K + 1, ...], for K = 0 too (traceable).
+
+    The exported graph uses it before the ops that take no empty dimension (a conv with 0
+    filters, a resize of 0 maps) and drops the extra output item after them."""
+    return torch.cat([x, torch.zeros_like(x[:1].sum(dim=0, keepdim=True))])
 
 
 def coord_features(feature: torch.Tensor) -> torch.Tensor:
@@ -118,6 +141,12 @@ def per_sample_conv(
         autograd graph of ``features``, ``weights`` and ``bias`` (every parameter gets a
         gradient, as DistributedDataParallel requires).
     """
+    if is_exporting():
+        # The exported graph runs one image: one conv with the K filters. K may be 0, which a
+        # conv does not take: one zero filter is appended, and its output dropped.
+        weights = append_zero_item(weights)
+        bias = None if bias is None else append_zero_item(bias)
+        return F.conv2d(features, weights, bias, padding=weights.shape[-1] // 2)[0, :-1]
     batch, _, height, width = features.shape
     pieces, order = [], []
     for b in range(batch):
@@ -144,4 +173,11 @@ def resize_probs(probs: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.
     """Bilinear resize of Float[K, h, w] to ``size`` (no-op when None or equal)."""
     if size is None or tuple(probs.shape[-2:]) == tuple(size):
         return probs
+    if is_exporting():
+        # K may be 0 in the graph, and interpolate takes no empty channel dimension: one zero
+        # map is appended, then dropped (the K maps come out as in eager).
+        probs = F.interpolate(
+            append_zero_item(probs)[None], size=size, mode="bilinear", align_corners=False
+        )
+        return probs[0, :-1]
     return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]

@@ -2,6 +2,8 @@
 
 import torch
 
+from .layers import is_exporting
+
 __all__ = ["count_pixels"]
 
 
@@ -12,13 +14,17 @@ def count_pixels(masks: torch.Tensor, dim: int) -> torch.Tensor:
     Along the last dim of a contiguous tensor, eight 0/1 bytes are summed at once as one int64
     word; adding at most 127 words keeps every byte lane below 128 (no carry, no overflow), so
     the lanes are exact partial counts. Otherwise slices of at most 255 pixels are summed in
-    uint8 (no overflow), then in int64.
+    uint8 (no overflow), then in int64. While exporting (``is_exporting``), a plain int64 sum:
+    reinterpreting bytes has no graph form.
     """
+    if is_exporting():
+        return masks.sum(dim=dim, dtype=torch.int64)
     data = masks.view(torch.uint8)
     dim = dim % data.dim()
     if (
         dim == data.dim() - 1
         and data.shape[-1] % 8 == 0
+        and data.numel() > 0  # an empty tensor may have a zero stride, which view() rejects
         and data.is_contiguous()
         and data.storage_offset() % 8 == 0
     ):

@@ -4,6 +4,11 @@
 one mask per candidate cell (from a head-specific callback), binarisation, the area filter,
 maskness rescoring, Matrix NMS, top-k and mask pasting. The steps are pure tensor functions
 below, testable alone.
+
+The same code is traced into the exported graphs (:mod:`solo_d2.export`): where a step has a
+faster eager form that cannot be traced (a Python loop or branch on the number of candidates,
+which may be 0), it takes its graph form while :func:`~.layers.is_exporting` is true, with the
+same result (DESIGN.md section 1, "Export").
 """
 
 from dataclasses import dataclass
@@ -12,8 +17,9 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from detectron2.structures import BitMasks, Instances
+from detectron2.structures import Boxes, Instances
 
+from .layers import append_zero_item, is_exporting
 from .mask_ops import count_pixels
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "select_candidates",
     "binarize_with_maskness",
     "resize_masks",
+    "mask_boxes",
 ]
 
 #: Head-specific mask probabilities of requested cells: ``(level, cells, size)`` with Long[K]
@@ -64,19 +71,25 @@ def matrix_nms(
     Returns:
         Float[N] decayed scores (empty for empty input). Empty or duplicate masks give no NaN.
     """
-    num = len(labels)
-    if num == 0:
+    exporting = is_exporting()
+    if not exporting and len(labels) == 0:
         return scores.new_zeros((0,))
-    flat = masks.reshape(num, -1)
+    flat = masks.flatten(1)
     if mask_areas is None:
         mask_areas = flat.to(scores.dtype).sum(dim=1)
     # Only same-label overlaps are used: one small product per label instead of N x N (the
-    # counts are exact integers either way).
-    inter = scores.new_zeros((num, num))
-    for label in labels.unique():
-        group = (labels == label).nonzero()[:, 0]
-        group_masks = flat[group].to(scores.dtype)
-        inter[group[:, None], group[None, :]] = group_masks @ group_masks.t()
+    # counts are exact integers either way). The exported graph has no loop over the labels
+    # present: one N x N product, of which the same-label entries are used below.
+    if exporting:
+        flat = flat.to(scores.dtype)
+        inter = flat @ flat.t()
+    else:
+        num = len(labels)
+        inter = scores.new_zeros((num, num))
+        for label in labels.unique():
+            group = (labels == label).nonzero()[:, 0]
+            group_masks = flat[group].to(scores.dtype)
+            inter[group[:, None], group[None, :]] = group_masks @ group_masks.t()
     union = mask_areas[:, None] + mask_areas[None, :] - inter
     same_label = labels[:, None] == labels[None, :]
     # iou[i, j] for i < j with the same label, else 0. An empty union means no overlap.
@@ -84,14 +97,24 @@ def matrix_nms(
         diagonal=1
     )
     # comp[i]: the largest IoU of mask i with any higher-scored mask, i.e. how suppressed i is.
-    compensate = iou.max(dim=0).values[:, None]
+    compensate = _column_reduce(iou, "max", exporting)[:, None]
     if kernel == "gaussian":
         decay = torch.exp(-sigma * iou.pow(2)) / torch.exp(-sigma * compensate.pow(2))
     elif kernel == "linear":
         decay = (1 - iou) / (1 - compensate).clamp(min=1e-6)
     else:
         raise ValueError(f"Unknown Matrix NMS kernel {kernel!r}; use 'gaussian' or 'linear'")
-    return scores * decay.min(dim=0).values
+    return scores * _column_reduce(decay, "min", exporting)
+
+
+def _column_reduce(matrix: torch.Tensor, how: str, exporting: bool) -> torch.Tensor:
+    """max / min over dim 0 of Float[N, N]. A reduction over an empty dim fails in torch, so
+    the traced form reduces with one more, neutral row (N may be 0 there)."""
+    if exporting:
+        row = matrix.sum(dim=0, keepdim=True)  # [1, N] for every N
+        neutral = torch.full_like(row, 0.0 if how == "max" else float("inf"))
+        matrix = torch.cat([matrix, neutral])
+    return matrix.max(dim=0).values if how == "max" else matrix.min(dim=0).values
 
 
 def select_candidates(cate_probs: torch.Tensor, score_thresh: float) -> Tuple[torch.Tensor, ...]:
@@ -133,10 +156,23 @@ def resize_masks(
 
     Resize to the padded input size, crop the valid ``image_size``, resize to ``output_size``
     (skipped when it is the crop's size: an identity). Runs on chunks of ``chunk`` masks, which
-    keeps the full-resolution float copies small (faster on CPU, same result).
+    keeps the full-resolution float copies small (faster on CPU, same result); the exported
+    graph resizes all K (possibly 0) masks at once.
     Args:
         mask_probs: Float[K, h, w]. Returns Bool[K, *output_size].
     """
+    if is_exporting():
+        # K may be 0 there: one zero map is appended, then dropped (see resize_probs).
+        masks = F.interpolate(
+            append_zero_item(mask_probs)[None],
+            size=padded_size,
+            mode="bilinear",
+            align_corners=False,
+        )
+        masks = masks[:, :, : image_size[0], : image_size[1]]
+        if tuple(output_size) != tuple(image_size):
+            masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
+        return masks[0, :-1] > mask_thresh
     if len(mask_probs) == 0:
         return mask_probs.new_zeros((0, *output_size), dtype=torch.bool)
     binary = mask_probs.new_empty((len(mask_probs), *output_size), dtype=torch.bool)
@@ -148,6 +184,34 @@ def resize_masks(
             masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
         torch.gt(masks[0], mask_thresh, out=binary[start : start + chunk])
     return binary
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight XYXY boxes of Bool[N, H, W] masks (x2 = max x + 1, rule I7), Float[N, 4]; an empty
+    mask gets (0, 0, 0, 0). Equal to Detectron2's ``BitMasks.get_bounding_boxes``, without its
+    loop over the masks."""
+    height, width = masks.shape[-2:]
+    x_any, y_any = masks.any(dim=1), masks.any(dim=2)  # [N, W], [N, H]
+    xs = torch.arange(width, device=masks.device, dtype=torch.float32)
+    ys = torch.arange(height, device=masks.device, dtype=torch.float32)
+    boxes = torch.stack(
+        [
+            torch.where(x_any, xs, torch.full_like(xs, float("inf"))).min(dim=1).values,
+            torch.where(y_any, ys, torch.full_like(ys, float("inf"))).min(dim=1).values,
+            torch.where(x_any, xs + 1, torch.zeros_like(xs)).max(dim=1).values,
+            torch.where(y_any, ys + 1, torch.zeros_like(ys)).max(dim=1).values,
+        ],
+        dim=1,
+    )
+    return torch.where(x_any.any(dim=1)[:, None], boxes, torch.zeros_like(boxes))
+
+
+def _descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """Indices that sort ``scores`` descending, ties in input order (a stable sort). ONNX has no
+    stable sort: the exported sort is ONNX TopK, which breaks ties by the lower index too."""
+    if torch.onnx.is_in_onnx_export():
+        return scores.sort(descending=True).indices
+    return scores.sort(descending=True, stable=True).indices
 
 
 @dataclass
@@ -192,11 +256,12 @@ class SOLOPostProcessor:
         """
         sizes = torch.tensor([s * s for s in self.num_grids], device=cells.device)
         ends = torch.cumsum(sizes, 0)
-        levels = torch.bucketize(cells, ends, right=True)
+        levels = (cells[:, None] >= ends).sum(dim=1)  # bucketize(right=True), with a graph form
+        exporting = is_exporting()
         probs = []
         for level in range(len(self.num_grids)):
             local = cells[levels == level] - (ends[level] - sizes[level])
-            if len(local):
+            if exporting or len(local):  # the exported graph asks every level (K may be 0)
                 probs.append(mask_probs(level, local, size))
         strides = torch.tensor(self.strides, device=cells.device, dtype=torch.float32)[levels]
         if not probs:
@@ -231,7 +296,7 @@ class SOLOPostProcessor:
         pair_to_cell, classes = pair_to_cell[keep], classes[keep]
         scores = scores[keep] * maskness[pair_to_cell]
         # I5: top nms_pre, Matrix NMS, update threshold, top max_per_image.
-        order = scores.sort(descending=True, stable=True).indices[: self.nms_pre]
+        order = _descending_order(scores)[: self.nms_pre]
         pair_to_cell, classes, scores = pair_to_cell[order], classes[order], scores[order]
         scores = matrix_nms(
             binary[pair_to_cell],
@@ -242,7 +307,7 @@ class SOLOPostProcessor:
             areas[pair_to_cell],
         )
         keep = (scores >= self.update_thresh).nonzero()[:, 0]
-        order = keep[scores[keep].sort(descending=True, stable=True).indices[: self.max_per_image]]
+        order = keep[_descending_order(scores[keep])[: self.max_per_image]]
         # I6-I7: paste the soft masks, tight boxes.
         masks = resize_masks(
             cell_probs[pair_to_cell[order]], padded_size, image_size, output_size, self.mask_thresh
@@ -251,5 +316,5 @@ class SOLOPostProcessor:
         result.pred_masks = masks
         result.scores = scores[order]
         result.pred_classes = classes[order]
-        result.pred_boxes = BitMasks(masks).get_bounding_boxes().to(masks.device)
+        result.pred_boxes = Boxes(mask_boxes(masks))
         return result

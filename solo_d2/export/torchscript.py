@@ -4,9 +4,10 @@
 ONNX export (see :mod:`solo_d2.export.onnx`), kept as TorchScript. ``torch.jit.script`` is not
 used: Detectron2's structures and the heads' Python containers are not scriptable, and the
 traced graph already holds for any input size and any number of detections (0 included),
-because the traced code has no Python branch on them. The result is bit-identical to eager
-PyTorch on the CPU. Deformable convs are recorded as ``torchvision::deform_conv2d``: import
-``torchvision`` before :func:`load_torchscript` (it does) to run them.
+because the traced code has no Python branch on them. Its results equal eager PyTorch's up to
+float rounding (mostly bit for bit on the CPU). Deformable convs are recorded as
+``torchvision::deform_conv2d``: import ``torchvision`` before :func:`load_torchscript` (it does)
+to run them.
 """
 
 import json

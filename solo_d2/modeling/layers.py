@@ -37,8 +37,8 @@ def is_exporting() -> bool:
 def append_zero_item(x: torch.Tensor) -> torch.Tensor:
     """``x`` [K, ...] with one all-zero item appended: [K + 1, ...], for K = 0 too (traceable).
 
-    The exported graph uses it before the ops that take no empty dimension (a conv with 0
-    filters, a resize of 0 maps) and drops the extra output item after them."""
+    The exported graph uses it before a conv with K (possibly 0) filters, which torch refuses
+    for K = 0, and drops the extra output item after it."""
     return torch.cat([x, torch.zeros_like(x[:1].sum(dim=0, keepdim=True))])
 
 
@@ -174,10 +174,8 @@ def resize_probs(probs: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.
     if size is None or tuple(probs.shape[-2:]) == tuple(size):
         return probs
     if is_exporting():
-        # K may be 0 in the graph, and interpolate takes no empty channel dimension: one zero
-        # map is appended, then dropped (the K maps come out as in eager).
-        probs = F.interpolate(
-            append_zero_item(probs)[None], size=size, mode="bilinear", align_corners=False
-        )
-        return probs[0, :-1]
+        # K may be 0 in the graph: K as the batch dim (an empty batch is valid, an empty channel
+        # dim is not). Same values, up to float rounding.
+        probs = F.interpolate(probs[:, None], size=size, mode="bilinear", align_corners=False)
+        return probs.flatten(0, 1)  # a reshape (squeeze exports as a copy inside an If)
     return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]

@@ -14,11 +14,11 @@ def count_pixels(masks: torch.Tensor, dim: int) -> torch.Tensor:
     Along the last dim of a contiguous tensor, eight 0/1 bytes are summed at once as one int64
     word; adding at most 127 words keeps every byte lane below 128 (no carry, no overflow), so
     the lanes are exact partial counts. Otherwise slices of at most 255 pixels are summed in
-    uint8 (no overflow), then in int64. While exporting (``is_exporting``), a plain int64 sum:
-    reinterpreting bytes has no graph form.
+    uint8 (no overflow), then in int64. While exporting (``is_exporting``), reinterpreting bytes
+    has no graph form: a float32 sum, exact while ``dim`` has fewer than 2^24 pixels.
     """
     if is_exporting():
-        return masks.sum(dim=dim, dtype=torch.int64)
+        return masks.to(torch.float32).sum(dim=dim).to(torch.int64)
     data = masks.view(torch.uint8)
     dim = dim % data.dim()
     if (

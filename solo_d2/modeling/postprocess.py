@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from detectron2.structures import Boxes, Instances
 
-from .layers import append_zero_item, is_exporting
+from .layers import is_exporting
 from .mask_ops import count_pixels
 
 __all__ = [
@@ -162,17 +162,16 @@ def resize_masks(
         mask_probs: Float[K, h, w]. Returns Bool[K, *output_size].
     """
     if is_exporting():
-        # K may be 0 there: one zero map is appended, then dropped (see resize_probs).
+        # K (possibly 0) as the batch dim, see resize_probs; thresholded before the crop, which
+        # then copies bytes, not floats.
         masks = F.interpolate(
-            append_zero_item(mask_probs)[None],
-            size=padded_size,
-            mode="bilinear",
-            align_corners=False,
+            mask_probs[:, None], size=padded_size, mode="bilinear", align_corners=False
         )
-        masks = masks[:, :, : image_size[0], : image_size[1]]
         if tuple(output_size) != tuple(image_size):
+            masks = masks[:, :, : image_size[0], : image_size[1]]
             masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
-        return masks[0, :-1] > mask_thresh
+            return (masks > mask_thresh).flatten(0, 1)
+        return (masks > mask_thresh).flatten(0, 1)[:, : image_size[0], : image_size[1]]
     if len(mask_probs) == 0:
         return mask_probs.new_zeros((0, *output_size), dtype=torch.bool)
     binary = mask_probs.new_empty((len(mask_probs), *output_size), dtype=torch.bool)
@@ -191,7 +190,9 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     mask gets (0, 0, 0, 0). Equal to Detectron2's ``BitMasks.get_bounding_boxes``, without its
     loop over the masks."""
     height, width = masks.shape[-2:]
-    x_any, y_any = masks.any(dim=1), masks.any(dim=2)  # [N, W], [N, H]
+    # any() as a max of bytes: ~20x faster than Tensor.any on the CPU (a cast in the graph).
+    data = masks.to(torch.uint8) if is_exporting() else masks.view(torch.uint8)
+    x_any, y_any = data.amax(dim=1) > 0, data.amax(dim=2) > 0  # [N, W], [N, H]
     xs = torch.arange(width, device=masks.device, dtype=torch.float32)
     ys = torch.arange(height, device=masks.device, dtype=torch.float32)
     boxes = torch.stack(

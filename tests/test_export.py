@@ -5,16 +5,24 @@ conftest) is exported **once**, traced while it detects nothing (category bias -
 graphs must hold for any N. Then the bias of the category output is set back in the exported
 files (an ONNX initializer, a TorchScript parameter), which makes the model detect: outputs of
 ONNX Runtime and TorchScript are compared with eager PyTorch on two images of different sizes.
+The ONNX files run in a subprocess that cannot import torch, Detectron2 or solo_d2.
+
+Also: DCN configs (ONNX DeformConv), ``tools/export_model.py`` on the shapes quick SOLOv2 config
+and on released original-layout files (their detections equal the original code's),
+``OnnxPredictor`` against ``DefaultPredictor`` and ``tools/predict.py --onnx``.
 """
 
+import contextlib
 import copy
 import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -299,26 +307,45 @@ def cli_export(tmp_path_factory):
     model = make_detecting(build_model(cfg).eval(), cate_bias=-5.0)  # wider than the tiny models
     DetectionCheckpointer(model, save_dir=str(folder)).save("model")
     weights = str(folder / "model.pth")
-    result = load_tool("export_model").main(
-        [
-            "--config-file",
-            os.path.join(REPO, "configs/SOLOv2_shapes_quick.yaml"),
-            "--format",
-            "onnx",
-            "--output",
-            str(folder / "out"),
-            "MODEL.WEIGHTS",
-            weights,
-        ]
-    )
-    return {"folder": folder, "weights": weights, "result": result, "cfg": cfg}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = load_tool("export_model").main(
+            [
+                "--config-file",
+                os.path.join(REPO, "configs/SOLOv2_shapes_quick.yaml"),
+                "--format",
+                "onnx",
+                "--output",
+                str(folder / "out"),
+                "MODEL.WEIGHTS",
+                weights,
+            ]
+        )
+    return {
+        "folder": folder,
+        "weights": weights,
+        "result": result,
+        "printed": printed.getvalue(),
+        "cfg": cfg,
+        "model": model,
+    }
 
 
-def test_export_model_tool_writes_a_verified_onnx_file(cli_export, capsys):
+def test_export_model_tool_writes_a_verified_onnx_file(cli_export, tmp_path):
     result = cli_export["result"]
     assert result["path"] == str(cli_export["folder"] / "out" / "model.onnx")
     assert result["verify"]["ok"]
+    assert result["signature"]["inputs"] == {"image": ["FLOAT", [3, "height", "width"]]}
     assert result["signature"]["outputs"]["boxes"] == ["FLOAT", ["num_detections", 4]]
+    printed = cli_export["printed"]
+    assert "input  image    FLOAT    [3, height, width]" in printed
+    assert "output masks    BOOL     [num_detections, height, width]" in printed
+    # The file runs in ONNX Runtime alone and equals eager PyTorch (shapes quick SOLOv2).
+    images = [synthetic_image(256, 256, seed=0), synthetic_image(192, 256, seed=1)]
+    for image, outputs in zip(images, run_onnx_alone(result["path"], images, tmp_path)):
+        expected = eager_outputs(cli_export["model"], as_input(image))
+        assert len(expected[1]) >= 3
+        assert_same_detections(expected, outputs, "tools/export_model.py SOLOv2 shapes quick")
 
 
 def test_onnx_predictor_matches_default_predictor(cli_export):
@@ -353,8 +380,6 @@ def test_onnx_predictor_matches_default_predictor(cli_export):
 
 
 def test_predict_tool_runs_an_onnx_model(cli_export, tmp_path):
-    import cv2
-
     image_path = str(tmp_path / "picture.png")
     cv2.imwrite(image_path, synthetic_image(180, 300, seed=1))
     results = load_tool("predict").main(
@@ -435,3 +460,43 @@ def test_detectron2_deformable_convs_export_like_torchvision(tmp_path):
         got = ort.InferenceSession(path).run(None, {"x": x.numpy()})[0]
         with torch.no_grad():
             assert np.abs(got - layer(x).numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["solo", "solov2"])
+def test_released_original_checkpoint_exports_and_reproduces_the_original_detections(
+    kind, tmp_path
+):
+    """tools/export_model.py with a file in the released WXinlong/SOLO layout as the trailing
+    MODEL.WEIGHTS (the oracle fixtures of test_checkpoint_oracle.py): ONNX Runtime gives the
+    detections the original code computed with it."""
+    from test_checkpoint_oracle import config_for, expected_detections, load_case, released_file
+
+    case = load_case(kind)
+    released = released_file(case, tmp_path / "released.pth")
+    config = tmp_path / "config.yaml"
+    config.write_text(config_for(case).dump())
+    image_path = str(tmp_path / "image.png")
+    cv2.imwrite(image_path, case["image"].numpy()[:, :, ::-1])  # the fixture image is RGB
+    result = load_tool("export_model").main(
+        [
+            "--config-file",
+            str(config),
+            "--output",
+            str(tmp_path / "out"),
+            "--sample-image",
+            image_path,
+            "MODEL.WEIGHTS",
+            released,
+        ]
+    )
+    assert result["verify"]["ok"], result["verify"]  # equal to eager PyTorch
+    image = case["image"].numpy().transpose(2, 0, 1).astype(np.float32)
+    masks, scores, classes, boxes = ort.InferenceSession(result["path"]).run(None, {"image": image})
+    expected_masks, expected_labels, expected_scores = expected_detections(case["results"])
+    report = match_detections(
+        [expected_masks, expected_scores, expected_labels, np.zeros((len(expected_scores), 4))],
+        [masks, scores, classes, np.zeros((len(scores), 4))],
+        score_tol=1e-4,
+        min_iou=0.98,  # the original's own tolerance in test_checkpoint_oracle.py
+    )
+    assert report["ok"] and report["matched"] >= 10, report

@@ -140,3 +140,27 @@ def test_every_solo_config_key_is_used_by_the_code():
     add_solo_config(cfg)
     unused = [key for key in cfg.MODEL.SOLO if f".{key}" not in sources]
     assert unused == []
+
+
+def test_configs_trained_from_scratch_train_every_layer():
+    """Without pretrained weights nothing may stay frozen, and FrozenBN / BN statistics would
+    never be learned: from-scratch configs use GroupNorm, a warm-up and gradient clipping."""
+    for name in CONFIGS:
+        cfg = load(name)
+        if cfg.MODEL.WEIGHTS:
+            continue
+        assert cfg.MODEL.BACKBONE.FREEZE_AT == 0, name
+        assert cfg.MODEL.RESNETS.NORM == "GN" and cfg.MODEL.FPN.NORM == "GN", name
+        assert cfg.SOLVER.WARMUP_ITERS > 0 and cfg.SOLVER.CLIP_GRADIENTS.ENABLED, name
+
+
+def test_mask_rcnn_of_the_accuracy_benchmark_shares_backbone_data_and_schedule():
+    from solo_d2.benchmark.accuracy_run import accuracy_config
+
+    solo, rcnn = accuracy_config("SOLO"), accuracy_config("MaskRCNN")
+    assert rcnn.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
+    assert rcnn.MODEL.RESNETS == solo.MODEL.RESNETS and rcnn.MODEL.FPN == solo.MODEL.FPN
+    assert rcnn.MODEL.BACKBONE == solo.MODEL.BACKBONE and rcnn.MODEL.WEIGHTS == ""
+    assert rcnn.INPUT == solo.INPUT and rcnn.SOLVER == solo.SOLVER
+    assert rcnn.DATASETS == solo.DATASETS and rcnn.DATALOADER == solo.DATALOADER
+    assert rcnn.MODEL.ROI_HEADS.NUM_CLASSES == solo.MODEL.SOLO.NUM_CLASSES

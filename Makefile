@@ -11,7 +11,7 @@ OUTPUT ?= output/demo$(if $(filter-out SOLO,$(MODEL)),_$(MODEL))
 DATASETS ?= $(or $(SOLO_D2_DATASETS),$(DETECTRON2_DATASETS),datasets)
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-accuracy clean
 
 setup:
 	@$(PYTHON) tools/setup_env.py --venv $(VENV)
@@ -28,6 +28,9 @@ demo: setup
 
 bench: setup
 	$(PY) tools/benchmark.py --output output/bench
+
+bench-accuracy: setup
+	$(PY) tools/benchmark.py --sections accuracy --output output/bench-accuracy
 
 clean:
 	rm -rf output .pytest_cache

@@ -6,7 +6,10 @@ __all__ = ["add_solo_config"]
 
 
 def add_solo_config(cfg):
-    """Add the ``MODEL.SOLO`` keys to a Detectron2 config (in place)."""
+    """Add the ``MODEL.SOLO`` keys (and ``SOLVER.OPTIMIZER``) to a Detectron2 config (in place)."""
+    # Optimizer of solo_d2.engine.Trainer: "SGD" (Detectron2's, with SOLVER.MOMENTUM) or
+    # "AdamW" (same parameter groups, weight decay and gradient clipping).
+    cfg.SOLVER.OPTIMIZER = "SGD"
     cfg.MODEL.SOLO = CN()
     _C = cfg.MODEL.SOLO
     # Head variant: "SOLO", "DecoupledSOLO", "DecoupledSOLOLight" or "SOLOv2"

@@ -62,8 +62,19 @@ def get_parser():
         help="torch.set_num_threads for every model (default: %(default)s)",
     )
     parser.add_argument("--output", default="output/bench", help="folder for JSON, tables, PNG")
-    sections = list(registered_sections())
-    parser.add_argument("--sections", nargs="+", choices=sections, default=sections)
+    sections = registered_sections()
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=list(sections),
+        default=[name for name, section in sections.items() if section.default],
+        help="default: %(default)s",
+    )
+    parser.add_argument(
+        "--accuracy-budget",
+        type=float,
+        help="training seconds per model of the accuracy section (default 240, --quick 20)",
+    )
     parser.add_argument(
         "--models",
         nargs="+",

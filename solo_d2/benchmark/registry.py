@@ -35,12 +35,14 @@ __all__ = [
 @dataclass(frozen=True)
 class Section:
     """A registered comparison: ``run(settings, memory) -> rows``, ``table(results) -> str``
-    (None: the rows are in bench.json only); sections run in ascending ``order``."""
+    (None: the rows are in bench.json only); sections run in ascending ``order``; ``default``
+    sections run without ``--sections`` (long ones are asked for by name)."""
 
     name: str
     order: int
     run: Callable[[Settings, "MemoryPlan"], List[Dict]]
     table: Optional[Callable[[Dict], str]] = None
+    default: bool = True
 
 
 class MemoryCase(NamedTuple):
@@ -58,17 +60,20 @@ _SECTIONS: Dict[str, Section] = {}
 _MEMORY_CASES: Dict[str, Callable[[Settings, Dict], MemoryCase]] = {}
 
 
-def register_section(name: str, order: int, table: Optional[Callable[[Dict], str]] = None):
+def register_section(
+    name: str, order: int, table: Optional[Callable[[Dict], str]] = None, default: bool = True
+):
     """Decorator: register ``run(settings, memory) -> rows`` as the section ``name``.
 
     ``order`` places it among the others (the built-in ones are 10 to 40): sections run and are
-    tabulated in that order, whatever the order of ``--sections``.
+    tabulated in that order, whatever the order of ``--sections``. A section with
+    ``default=False`` runs only when ``--sections`` names it.
     """
 
     def register(run):
         if name in _SECTIONS:
             raise ValueError(f"benchmark section {name!r} is registered twice")
-        _SECTIONS[name] = Section(name, order, run, table)
+        _SECTIONS[name] = Section(name, order, run, table, default)
         return run
 
     return register

@@ -84,6 +84,9 @@ class Settings:
     models: Tuple[str, ...] = MODELS
     sections: Tuple[str, ...] = ("targets", "maskhead", "train", "infer")
     memory: bool = True
+    accuracy_budget: float = 240.0
+    accuracy_evaluations: int = 4
+    output: str = "output/bench"
 
     @classmethod
     def from_args(cls, args) -> "Settings":
@@ -105,10 +108,13 @@ class Settings:
                 infer_size=(96, 128),
                 candidates=50,
                 memory=not args.no_memory,
+                accuracy_budget=20.0,
+                accuracy_evaluations=2,
             )
-        for name in ("warmup", "repeats", "target_repeats"):
+        for name in ("warmup", "repeats", "target_repeats", "accuracy_budget"):
             if getattr(args, name) is not None:
                 setattr(settings, name, getattr(args, name))
         settings.models = tuple(args.models)
         settings.sections = tuple(args.sections)
+        settings.output = args.output
         return settings

@@ -108,7 +108,8 @@ def step_torch(python):
         log(f"torch: found torch {found[0]}, keeping it")
         return False
     log(f"torch: installing {' '.join(TORCH_REQUIREMENTS)}")
-    run("torch", [python, "-m", "pip", "install", *TORCH_REQUIREMENTS])
+    # --no-compile: byte-compiling the 5 GB of torch takes ~30 s; Python compiles what it imports
+    run("torch", [python, "-m", "pip", "install", "--no-compile", *TORCH_REQUIREMENTS])
     return True
 
 

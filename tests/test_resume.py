@@ -62,6 +62,8 @@ def test_n_iterations_equal_half_then_resume_half(head, resume_data, tmp_path):
     """Same images, augmentations (random flips and sizes), losses and weights, bit for bit."""
     losses, weights = train(head, tmp_path / "continuous", resume=False)
     assert os.path.isfile(tmp_path / "continuous" / "model_0000002.pth")
+    # The checkpoint (weights, optimizer, scheduler, random states) needs no full unpickling.
+    torch.load(tmp_path / "continuous" / "model_0000002.pth", weights_only=True)
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
     shutil.copy(tmp_path / "continuous" / "model_0000002.pth", interrupted)
@@ -72,6 +74,25 @@ def test_n_iterations_equal_half_then_resume_half(head, resume_data, tmp_path):
         assert values == losses[iteration], iteration
     for key, value in weights.items():
         assert torch.equal(resumed_weights[key], value), key
+
+
+def test_random_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from solo_d2.engine.hooks import RNGStateHook
+
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    np.random.randn()  # leaves a cached Gaussian in NumPy's state
+    torch.save({"rng": RNGStateHook().state_dict()}, tmp_path / "state.pth")
+    expected = (random.random(), np.random.randn(3), torch.rand(3))
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    RNGStateHook().load_state_dict(torch.load(tmp_path / "state.pth", weights_only=True)["rng"])
+    actual = (random.random(), np.random.randn(3), torch.rand(3))
+    assert actual[0] == expected[0]
+    np.testing.assert_array_equal(actual[1], expected[1])
+    assert torch.equal(actual[2], expected[2])
 
 
 def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -116,9 +117,7 @@ def tiny_dataset_args(json_file, image_dir, train=True):
     return args + (["DATASETS.TRAIN", '("tiny",)'] if train else [])
 
 
-@pytest.fixture(
-    scope="module", params=["SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light", "SOLOv2"]
-)
+@pytest.fixture(scope="module", params=["SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light", "SOLOv2"])
 def overfit_run(request, tiny_shapes, tmp_path_factory):
     """Train a head on 8 images for 400 iterations, evaluating on the same images at the end."""
     head = request.param
@@ -155,18 +154,29 @@ def test_eval_only_reproduces_the_final_evaluation(overfit_run, tiny_shapes):
 
 @pytest.mark.slow
 def test_predict_tool_writes_pictures_and_json(overfit_run, tiny_shapes, tmp_path):
+    """Also: an unreadable file among the inputs is skipped with a message naming it."""
     head, output, _ = overfit_run
     _, image_dir = tiny_shapes
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("000000.png", "000001.png"):
+        shutil.copy(os.path.join(image_dir, name), inputs)
+    good = (inputs / "000001.png").read_bytes()
+    (inputs / "000002_truncated.png").write_bytes(good[: len(good) // 3])
+    (inputs / "000003_not_an_image.png").write_text("not a PNG")
     proc = run(
-        ["tools/predict.py", "--config-file", quick_config(head), "--input", image_dir]
-        + ["--max-images", "3", "--output", str(tmp_path / "vis")]
+        ["tools/predict.py", "--config-file", quick_config(head), "--input", str(inputs)]
+        + ["--output", str(tmp_path / "vis")]
         + ["--json", str(tmp_path / "preds.json")]
         + ["MODEL.WEIGHTS", os.path.join(output, "model_final.pth"), *OVERFIT_OPTS]
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert sorted(os.listdir(tmp_path / "vis")) == ["000000.png", "000001.png", "000002.png"]
+    for name in ("000002_truncated.png", "000003_not_an_image.png"):
+        assert re.search(rf"skipping .*{name}: not a readable image", proc.stdout), name
+    assert sorted(os.listdir(tmp_path / "vis")) == ["000000.png", "000001.png"]
     results = json.loads((tmp_path / "preds.json").read_text())
     assert results and {r["category_id"] for r in results} <= {1, 2, 3, 4}
+    assert {os.path.basename(r["file_name"]) for r in results} <= {"000000.png", "000001.png"}
     assert all(set(r) >= {"file_name", "bbox", "score", "segmentation"} for r in results)
 
 

@@ -16,6 +16,14 @@ Comparisons (docs/BENCHMARKS.md explains them and the numbers), one registered s
   Detectron2's Mask R-CNN, all R50-FPN, batch 1 and 2 at 512x683.
 * ``infer``: inference latency of the same models at 800x1216, batch 1.
 
+Sections run only when ``--sections`` names them:
+
+* ``export``: the exported ONNX graph in ONNX Runtime vs PyTorch eager (SOLO, SOLOv2 R50).
+* ``large``: inference on a 4000 x 3000 photo, masks returned at full size: latency, peak memory.
+* ``distributed``: training throughput with 1 and 2 processes (``train_net.py --num-gpus``).
+* ``accuracy``: every SOLO head and Mask R-CNN trained with the same backbone, data and
+  wall-clock budget on the shapes data; mask AP against time (``make bench-accuracy``).
+
 Random weights would make the models do unrealistically little work, so every backbone gets
 calibrated FrozenBN statistics, the SOLO models ~300 inference candidates with non-empty masks,
 and Mask R-CNN ``SCORE_THRESH_TEST 0`` (100 detections) and its usual foreground ROIs in

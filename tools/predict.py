@@ -148,11 +148,15 @@ def main(argv=None):
         raise FileNotFoundError(f"no images found in {args.input}")
     predict, metadata = onnx_predictor(args) if args.onnx else default_predictor(cfg)
     os.makedirs(args.output, exist_ok=True)
-    coco_results = []
+    coco_results, skipped = [], []
     for image_id, path in enumerate(tqdm.tqdm(paths, desc="predict")):
         image = cv2.imread(path, cv2.IMREAD_COLOR)  # BGR, as DefaultPredictor expects
         if image is None:
-            raise OSError(f"cannot read image {path!r}")
+            logger.warning(
+                "skipping %s: not a readable image (missing, truncated or not an image)", path
+            )
+            skipped.append(path)
+            continue
         instances = predict(image)
         keep = instances[instances.scores >= args.confidence_threshold]
         drawing = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
@@ -160,7 +164,9 @@ def main(argv=None):
         out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
         cv2.imwrite(out_path, drawing[:, :, ::-1])
         coco_results += instances_to_coco(instances, path, image_id)
-    logger.info("wrote %d drawn predictions to %s", len(paths), args.output)
+    logger.info("wrote %d drawn predictions to %s", len(paths) - len(skipped), args.output)
+    if skipped:
+        logger.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(coco_results, f)

@@ -78,7 +78,7 @@ def bench_large(settings: Settings, memory: MemoryPlan) -> List[Dict]:
         load = add_inference_load(model, inputs, settings.candidates)
         masks = infer_step(model, inputs)[0]["instances"].pred_masks
         times = alternate(
-            {name: lambda: infer_step(model, inputs)},
+            {name: lambda m=model: infer_step(m, inputs)},
             settings.warmup,
             settings.repeats,
             settings.device,

@@ -19,12 +19,20 @@ setup:
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: setup
+demo:
+	@mkdir -p $(dir $(OUTPUT)) && date +%s > $(OUTPUT).start
+	@$(MAKE) --no-print-directory setup
 	$(PY) train_net.py --config-file $(CONFIG) OUTPUT_DIR $(OUTPUT)
 	$(PY) tools/predict.py --config-file $(CONFIG) --input $(DATASETS)/shapes/val \
 		--max-images 16 --output $(OUTPUT)/predictions MODEL.WEIGHTS $(OUTPUT)/model_final.pth
+	$(PY) tools/plot_training.py $(OUTPUT)
+	@echo "----------------------------------------------------------------------------"
 	@grep -h "\[solo_d2\]" $(OUTPUT)/log.txt | tail -n 1
+	@grep -h "Overall training speed" $(OUTPUT)/log.txt | tail -n 1 | sed 's/.*INFO: /training: /'
 	@echo "drawn predictions: $(OUTPUT)/predictions/"
+	@echo "training curves:   $(OUTPUT)/training_curves.png"
+	@echo "demo wall time, set-up included: $$(( $$(date +%s) - $$(cat $(OUTPUT).start) )) s"
+	@rm -f $(OUTPUT).start
 
 bench: setup
 	$(PY) tools/benchmark.py --output output/bench

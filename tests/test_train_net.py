@@ -22,11 +22,10 @@ OVERFIT_SETTINGS = {
     "INPUT.MIN_SIZE_TEST": 128,
     "INPUT.MAX_SIZE_TEST": 128,
     "INPUT.RANDOM_FLIP": "none",
-    "SOLVER.BASE_LR": 0.04,
-    "SOLVER.MAX_ITER": 400,
-    "SOLVER.STEPS": "(300,)",
-    "SOLVER.WARMUP_ITERS": 50,
-    "DATALOADER.NUM_WORKERS": 0,
+    "SOLVER.MAX_ITER": 200,
+    "SOLVER.STEPS": "(170,)",
+    "SOLVER.WARMUP_ITERS": 20,
+    "TEST.EVAL_PERIOD": 0,
     "SEED": 1,
 }
 OVERFIT_OPTS = [str(item) for pair in OVERFIT_SETTINGS.items() for item in pair]
@@ -119,7 +118,7 @@ def tiny_dataset_args(json_file, image_dir, train=True):
 
 @pytest.fixture(scope="module", params=["SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light", "SOLOv2"])
 def overfit_run(request, tiny_shapes, tmp_path_factory):
-    """Train a head on 8 images for 400 iterations, evaluating on the same images at the end."""
+    """Train a head on 8 images for 200 iterations, evaluating on the same images at the end."""
     head = request.param
     output = str(tmp_path_factory.mktemp(f"overfit_{head}"))
     proc = run(

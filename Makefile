@@ -10,6 +10,8 @@ CONFIG ?= configs/$(MODEL)_shapes_quick.yaml
 OUTPUT ?= output/demo$(if $(filter-out SOLO,$(MODEL)),_$(MODEL))
 DATASETS ?= $(or $(SOLO_D2_DATASETS),$(DETECTRON2_DATASETS),datasets)
 PYTEST_ARGS ?=
+# extra train_net.py config overrides for make demo, e.g. TRAIN_OPTS="SOLVER.MAX_ITER 2000"
+TRAIN_OPTS ?=
 
 .PHONY: setup test demo bench bench-accuracy clean
 
@@ -22,9 +24,10 @@ test: setup
 demo:
 	@mkdir -p $(dir $(OUTPUT)) && date +%s > $(OUTPUT).start
 	@$(MAKE) --no-print-directory setup
-	$(PY) train_net.py --config-file $(CONFIG) OUTPUT_DIR $(OUTPUT)
+	$(PY) train_net.py --config-file $(CONFIG) OUTPUT_DIR $(OUTPUT) $(TRAIN_OPTS)
 	$(PY) tools/predict.py --config-file $(CONFIG) --input $(DATASETS)/shapes/val \
-		--max-images 16 --output $(OUTPUT)/predictions MODEL.WEIGHTS $(OUTPUT)/model_final.pth
+		--max-images 16 --output $(OUTPUT)/predictions MODEL.WEIGHTS $(OUTPUT)/model_final.pth \
+		$(TRAIN_OPTS)
 	$(PY) tools/plot_training.py $(OUTPUT)
 	@echo "----------------------------------------------------------------------------"
 	@grep -h "\[solo_d2\]" $(OUTPUT)/log.txt | tail -n 1

@@ -142,3 +142,27 @@ def test_cli_quick_run_writes_json_and_png(tmp_path):
     assert {r["model"] for r in saved["infer"]} == {"SOLO", "MaskRCNN"}
     assert all(r["instances"] > 0 for r in saved["infer"])
     assert results["checks"] == saved["checks"]
+
+
+def test_accuracy_run_evaluates_the_final_model_when_the_schedule_ends_within_budget(tmp_path):
+    """The equal-time comparison evaluates each model at its end, also when its schedule
+    (``SOLVER.MAX_ITER``) finishes before the wall-clock budget is spent."""
+    from conftest import TINY_OVERRIDES
+    from detectron2.data import DatasetCatalog
+    from solo_d2.benchmark.accuracy_run import accuracy_config, train_for_budget
+    from solo_d2.data import generate_shapes_dataset, register_coco_dataset
+
+    json_file, image_dir = generate_shapes_dataset(str(tmp_path), "train", 4, image_size=64)
+    if "accuracy_tiny" not in DatasetCatalog.list():
+        register_coco_dataset("accuracy_tiny", json_file, image_dir)
+    cfg = accuracy_config(
+        "SOLO",
+        TINY_OVERRIDES
+        + ["DATASETS.TRAIN", "('accuracy_tiny',)", "DATASETS.TEST", "('accuracy_tiny',)"]
+        + ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.MAX_ITER", "3"]
+        + ["SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0", "OUTPUT_DIR", str(tmp_path)],
+    )
+    result = train_for_budget(cfg, budget=1e6, evaluations=2)
+    assert [point["iteration"] for point in result["curve"]] == [3]
+    assert result["iterations"] == 3
+    assert 0.0 <= result["curve"][0]["mask_ap"] <= 100.0

@@ -157,3 +157,21 @@ def test_amp_on_the_cpu_fails_before_training_with_a_clear_message(tmp_path):
     )
     assert proc.returncode != 0
     assert "SOLVER.AMP.ENABLED needs CUDA" in proc.stdout
+
+
+def test_cpu_processes_share_the_cores(monkeypatch):
+    """N CPU processes on one machine get cores // N torch threads each (at least 1), unless
+    OMP_NUM_THREADS is set."""
+    from solo_d2.engine.launch import share_cpu_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert share_cpu_threads(2) == 4 and torch.get_num_threads() == 4
+        assert share_cpu_threads(16) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(3)
+        assert share_cpu_threads(2) == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

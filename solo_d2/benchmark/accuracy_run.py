@@ -102,13 +102,14 @@ class WallClockBudget(HookBase):
             if not self._marks:
                 raise _BudgetSpent
 
-    def evaluate(self):
+    def evaluate(self, iterations=None):
+        """Evaluate the model after ``iterations`` (default: the current step's count)."""
         results = Trainer.test(self.trainer.cfg, self.trainer.model)
         segm, bbox = results.get("segm", {}), results.get("bbox", {})
         self.curve.append(
             {
                 "seconds": round(self.trained, 1),
-                "iteration": self.trainer.iter + 1,
+                "iteration": self.trainer.iter + 1 if iterations is None else iterations,
                 "mask_ap": segm.get("AP"),
                 "ap50": segm.get("AP50"),
                 "ap75": segm.get("AP75"),
@@ -128,6 +129,9 @@ def train_for_budget(cfg, budget: float, evaluations: int) -> dict:
         trainer.train()
     except _BudgetSpent:
         pass
+    else:  # the schedule (SOLVER.MAX_ITER) ended within the budget: evaluate the final model
+        if not hook.curve or hook.curve[-1]["iteration"] < cfg.SOLVER.MAX_ITER:
+            hook.evaluate(iterations=cfg.SOLVER.MAX_ITER)
     return {
         "curve": hook.curve,
         "training_seconds": round(hook.trained, 1),

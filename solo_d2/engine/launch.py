@@ -11,7 +11,9 @@
   processes.
 
 In every case Detectron2's ``comm`` helpers work: the local process group of each machine is
-created as Detectron2 does.
+created as Detectron2 does. CPU processes share the machine's cores: each gets
+``cores // processes`` torch threads unless ``OMP_NUM_THREADS`` is set (N processes with all
+cores each oversubscribe the CPU and run several times slower).
 """
 
 import logging
@@ -25,7 +27,7 @@ import torch.multiprocessing as mp
 from detectron2.engine import launch as detectron2_launch
 from detectron2.utils import comm
 
-__all__ = ["DEFAULT_TIMEOUT", "launch", "started_by_torchrun"]
+__all__ = ["DEFAULT_TIMEOUT", "launch", "share_cpu_threads", "started_by_torchrun"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 logger = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ def _cpu_worker(
         logger.error("Process group URL: %s", dist_url)
         raise
     _create_local_process_group(num_per_machine, machine_rank)
+    share_cpu_threads(num_per_machine)
     comm.synchronize()
     main_func(*args)
 
@@ -112,8 +115,24 @@ def _join_torchrun_group(main_func, args, timeout):
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend, init_method="env://", timeout=timeout)
     _create_local_process_group(num_per_machine, dist.get_rank() // num_per_machine)
+    if not torch.cuda.is_available():
+        share_cpu_threads(num_per_machine)
     comm.synchronize()
     return main_func(*args)
+
+
+def share_cpu_threads(num_per_machine: int) -> int:
+    """Give this process its share of the machine's cores as torch threads (at least 1), unless
+    ``OMP_NUM_THREADS`` says otherwise. Returns the number of threads."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    threads = max(1, cores // num_per_machine)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _create_local_process_group(num_per_machine: int, machine_rank: int):

@@ -22,6 +22,8 @@ TINY_OVERRIDES = [
     "GN",
     "MODEL.FPN.OUT_CHANNELS",
     "32",
+    "MODEL.FPN.NORM",
+    "GN",
     "MODEL.SOLO.NUM_CLASSES",
     "3",
     "MODEL.SOLO.NUM_GRIDS",

@@ -142,15 +142,20 @@ def test_every_solo_config_key_is_used_by_the_code():
     assert unused == []
 
 
+TRAINED_NORMS = ("GN", "BN", "SyncBN", "naiveSyncBN")
+
+
 def test_configs_trained_from_scratch_train_every_layer():
-    """Without pretrained weights nothing may stay frozen, and FrozenBN / BN statistics would
-    never be learned: from-scratch configs use GroupNorm, a warm-up and gradient clipping."""
+    """Without pretrained weights nothing may stay frozen (FREEZE_AT 0) and every norm must
+    learn (GroupNorm or trained BatchNorm, never FrozenBN, whose statistics would stay those of
+    the random initialisation); from-scratch configs also warm up and clip gradients."""
     for name in CONFIGS:
         cfg = load(name)
         if cfg.MODEL.WEIGHTS:
             continue
         assert cfg.MODEL.BACKBONE.FREEZE_AT == 0, name
-        assert cfg.MODEL.RESNETS.NORM == "GN" and cfg.MODEL.FPN.NORM == "GN", name
+        assert cfg.MODEL.RESNETS.NORM in TRAINED_NORMS, name
+        assert cfg.MODEL.FPN.NORM in TRAINED_NORMS and cfg.MODEL.SOLO.NORM in TRAINED_NORMS, name
         assert cfg.SOLVER.WARMUP_ITERS > 0 and cfg.SOLVER.CLIP_GRADIENTS.ENABLED, name
 
 

@@ -48,6 +48,15 @@ ort = pytest.importorskip("onnxruntime")
 MODELS = ["SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light", "SOLOv2"]
 IMAGE_SIZES = [(256, 256), (200, 296)]  # the second is padded to 224 x 320 in the graph
 BIAS = "head.cate_pred.bias"
+# The shapes settings these tests were calibrated with (256 px, GroupNorm, grids for 256 px):
+# with them the random-weight models below give 5-20 well-separated detections per image.
+SHAPES_256 = ["INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256"]
+SHAPES_256_MODEL = ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"]
+SHAPES_256_MODEL += ["MODEL.SOLO.NUM_GRIDS", "[24, 20, 14, 10, 8]"]
+SHAPES_256_MODEL += [
+    "MODEL.SOLO.SCALE_RANGES",
+    "[[1, 32], [16, 64], [32, 128], [64, 256], [128, 512]]",
+]
 NO_DETECTION_BIAS = -30.0
 
 
@@ -121,7 +130,10 @@ class Exported:
 
     def __init__(self, name, folder):
         self.name = name
-        cfg = tiny_cfg(f"configs/{name}_shapes_quick.yaml", ["MODEL.SOLO.SCORE_THRESH_TEST", "0.1"])
+        cfg = tiny_cfg(
+            f"configs/{name}_shapes_quick.yaml",
+            ["MODEL.SOLO.SCORE_THRESH_TEST", "0.1"] + SHAPES_256,
+        )
         torch.manual_seed(0)
         self.model = make_detecting(build_model(cfg).eval())
         silent = copy.deepcopy(self.model)
@@ -303,6 +315,7 @@ def cli_export(tmp_path_factory):
     cfg = get_cfg()
     solo_d2.add_solo_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs/SOLOv2_shapes_quick.yaml"))
+    cfg.merge_from_list(SHAPES_256 + SHAPES_256_MODEL)
     torch.manual_seed(0)
     model = make_detecting(build_model(cfg).eval(), cate_bias=-5.0)  # wider than the tiny models
     DetectionCheckpointer(model, save_dir=str(folder)).save("model")
@@ -319,6 +332,8 @@ def cli_export(tmp_path_factory):
                 str(folder / "out"),
                 "MODEL.WEIGHTS",
                 weights,
+                *SHAPES_256,
+                *SHAPES_256_MODEL,
             ]
         )
     return {

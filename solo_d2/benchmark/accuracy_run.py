@@ -5,9 +5,10 @@
 
 The process used by the ``accuracy`` section (:mod:`solo_d2.benchmark.sections.accuracy`):
 SOLO heads use their ``configs/<MODEL>_shapes_quick.yaml``; ``MaskRCNN`` is Detectron2's
-model-zoo Mask R-CNN with the same backbone (ResNet-18-GN-FPN from scratch), input size, batch,
-learning-rate schedule and data. Training time excludes evaluations; the run stops once the
-budget is spent and is then evaluated a last time. Writes ``DIR/curve.json``.
+model-zoo Mask R-CNN with the same backbone (ResNet-18-FPN from scratch, the quick configs'
+norm), input size, batch, learning-rate schedule and data. Training time excludes evaluations;
+the run stops once the budget is spent and is then evaluated a last time (or, when the
+schedule ends first, evaluated at its end). Writes ``DIR/curve.json``.
 """
 
 import argparse

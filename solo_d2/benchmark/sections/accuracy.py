@@ -1,5 +1,5 @@
 """Section ``accuracy`` (not run by default): mask AP against training time of every SOLO head
-and Detectron2's Mask R-CNN, trained on the shapes data with the same backbone (ResNet-18-GN-FPN
+and Detectron2's Mask R-CNN, trained on the shapes data with the same backbone (ResNet-18-FPN
 from scratch), input size, batch, schedule and wall-clock budget
 (:mod:`solo_d2.benchmark.accuracy_run`, one process per model, one after the other).
 

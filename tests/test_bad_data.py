@@ -209,6 +209,43 @@ def test_odd_dataset_trains_and_evaluates_with_warnings(tmp_path):
     assert "[solo_d2] odd: mask AP" in log
 
 
+def test_evaluation_ground_truth_gets_the_training_polygon_repairs(tmp_path, good_png, caplog):
+    """COCOEvaluator reads the dataset's JSON itself: a polygon part with fewer than 3 points
+    there made pycocotools fail at the end of the evaluation whenever the model predicted
+    anything. It is removed (the annotation dropped when nothing is left), as in training."""
+    import torch
+
+    from conftest import tiny_cfg
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import Boxes, Instances
+    from solo_d2.data import register_coco_dataset
+    from solo_d2.evaluation import build_evaluator
+
+    annotations = [
+        square(),
+        square(segmentation=[[1.0, 2.0]]),
+        square(segmentation=[SQUARE, [3.0]]),
+    ]
+    coco_json(tmp_path / "gt.json", [record(good_png, annotations, image_id=1)])
+    register_coco_dataset("odd_gt", str(tmp_path / "gt.json"), str(good_png.parent))
+    DatasetCatalog.get("odd_gt")  # as training / evaluation do: sets the category id mapping
+    evaluator = build_evaluator(tiny_cfg(extra=["MODEL.SOLO.NUM_CLASSES", "4"]), "odd_gt")
+    gt = evaluator._coco_api.dataset["annotations"]
+    assert [a["id"] for a in gt] == [100, 102] and gt[1]["segmentation"] == [SQUARE]
+    assert "polygon parts with fewer than 3 finite points removed" in caplog.text
+    predicted = Instances((SIZE, SIZE))
+    predicted.pred_masks = torch.zeros((1, SIZE, SIZE), dtype=torch.bool)
+    predicted.pred_masks[0, 10:40, 10:40] = True
+    predicted.pred_boxes = Boxes(torch.tensor([[10.0, 10.0, 40.0, 40.0]]))
+    predicted.scores = torch.tensor([0.9])
+    predicted.pred_classes = torch.tensor([0])
+    evaluator.reset()
+    evaluator.process([{"image_id": 1}], [{"instances": predicted}])
+    results = evaluator.evaluate()
+    # the two squares kept (ids 100, 102), one of them predicted: precision 1 up to recall 0.5
+    assert results["segm"]["AP50"] == pytest.approx(50.5, abs=0.1)
+
+
 def test_an_unusable_dataset_fails_before_training(tmp_path):
     cv2.imwrite(str(tmp_path / "0.png"), image(0))
     (tmp_path / "1.png").write_text("not an image")

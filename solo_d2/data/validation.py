@@ -33,7 +33,12 @@ from typing import Dict, List, Optional, Tuple
 
 from PIL import Image
 
-__all__ = ["DatasetError", "image_size_on_disk", "validate_dataset_dicts"]
+__all__ = [
+    "DatasetError",
+    "image_size_on_disk",
+    "validate_dataset_dicts",
+    "clean_coco_ground_truth",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -236,3 +241,36 @@ def validate_dataset_dicts(
         cleaned.append(record if same else dict(copy.copy(record), annotations=kept))
     checker.finish(len(dicts))
     return cleaned
+
+
+def clean_coco_ground_truth(coco_api, dataset_name: str) -> int:
+    """Apply the polygon repairs of :func:`validate_dataset_dicts` to a pycocotools ``COCO``
+    ground truth (in place), so that evaluation scores against the annotations training used:
+    polygon parts with fewer than 3 points or non-finite coordinates are removed (pycocotools
+    cannot rasterise them and would fail mid-evaluation), annotations left without any part are
+    dropped. Returns the number of annotations changed or dropped; logs one warning naming them.
+    """
+    kept, changed = [], []
+    for annotation in coco_api.dataset.get("annotations", []):
+        segmentation = annotation.get("segmentation")
+        if isinstance(segmentation, list):
+            parts, removed = _clean_polygons(segmentation)
+            if removed:
+                changed.append(f"image_id {annotation.get('image_id')} id {annotation.get('id')}")
+                if not parts:
+                    continue
+                annotation = dict(annotation, segmentation=parts)
+        kept.append(annotation)
+    if changed:
+        coco_api.dataset["annotations"] = kept
+        coco_api.createIndex()
+        listed = ", ".join(changed[:_MAX_LISTED])
+        more = f" and {len(changed) - _MAX_LISTED} more" if len(changed) > _MAX_LISTED else ""
+        logger.warning(
+            "dataset %r, evaluation ground truth: polygon parts with fewer than 3 finite points "
+            "removed (annotations without any part dropped), as in training: %s%s",
+            dataset_name,
+            listed,
+            more,
+        )
+    return len(changed)

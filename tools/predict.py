@@ -73,12 +73,23 @@ def list_images(inputs):
     return paths
 
 
-def setup_cfg(args):
+def load_cfg(args):
+    """The config of ``--config-file`` with the trailing overrides (frozen)."""
     cfg = get_cfg()
     solo_d2.add_solo_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
+    return cfg
+
+
+def drawing_metadata(cfg):
+    """Metadata of the config's first test dataset (class names for drawing)."""
+    return MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+
+
+def setup_cfg(args):
+    cfg = load_cfg(args)
     if not cfg.MODEL.WEIGHTS:
         raise ValueError("no weights to predict with: add MODEL.WEIGHTS path/to/model.pth")
     check_weights(cfg)
@@ -92,7 +103,7 @@ def default_predictor(cfg):
     def predict(image):
         return predictor(image)["instances"].to("cpu")
 
-    return predict, MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
+    return predict, drawing_metadata(cfg)
 
 
 def onnx_predictor(args):
@@ -102,12 +113,7 @@ def onnx_predictor(args):
     predictor = OnnxPredictor(args.onnx)
     class_names = predictor.metadata.get("class_names")
     if args.config_file:
-        cfg = get_cfg()
-        solo_d2.add_solo_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        dataset = cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused"
-        class_names = class_names or MetadataCatalog.get(dataset).get("thing_classes", None)
+        class_names = class_names or drawing_metadata(load_cfg(args)).get("thing_classes", None)
     metadata = MetadataCatalog.get(f"__solo_d2_onnx:{os.path.abspath(args.onnx)}")
     if class_names and not metadata.get("thing_classes", None):
         metadata.set(thing_classes=list(class_names))

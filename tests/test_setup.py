@@ -101,3 +101,51 @@ def test_failed_step_names_step_command_and_output():
         setup_env.run("demo step", [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"])
     message = str(info.value)
     assert "step 'demo step' failed (exit code 3)" in message and "boom" in message
+
+
+def test_uv_gets_pips_index_configuration(tmp_path):
+    python = tmp_path / "python"  # answers `python -m pip config list` like pip does
+    python.write_text(
+        "#!/bin/sh\ncat <<'EOF'\n"
+        "global.extra-index-url='file:///a/simple file:///b/simple'\n"
+        "global.find-links='/wheels'\n"
+        "global.constraint='/etc/pip/constraints.txt'\n"
+        "global.index-url='https://mirror.example/simple'\n"
+        ":env:.find-links='/env-wheels'\n"
+        "EOF\n"
+    )
+    python.chmod(0o755)
+    options = setup_env.pip_config_options(python)
+    pairs = list(zip(options[::2], options[1::2]))
+    assert ("--index-strategy", "unsafe-best-match") in pairs
+    assert ("--index-url", "https://mirror.example/simple") in pairs
+    assert [v for k, v in pairs if k == "--extra-index-url"] == [
+        "file:///a/simple",
+        "file:///b/simple",
+    ]
+    assert [v for k, v in pairs if k == "--find-links"] == ["/env-wheels"]  # PIP_* wins
+    assert ("--constraint", "/etc/pip/constraints.txt") in pairs
+
+
+def test_a_failing_uv_falls_back_to_pip(tmp_path, monkeypatch):
+    python = str(tmp_path / "bin" / "python")
+    monkeypatch.setitem(setup_env._UV, python, tmp_path / "bin" / "uv")
+    monkeypatch.setattr(setup_env, "pip_config_options", lambda python: [])
+    commands = []
+
+    def fake_run(step, cmd, **kwargs):
+        commands.append([str(c) for c in cmd])
+        if commands[-1][0].endswith("/uv"):
+            raise setup_env.SetupError(f"step '{step}' failed: no network")
+        return "installed"
+
+    monkeypatch.setattr(setup_env, "run", fake_run)
+    assert setup_env.pip_install("torch", python, ["torch==2.14.1"]) == "installed"
+    assert commands[0][:3] == [str(tmp_path / "bin" / "uv"), "pip", "install"]
+    assert (
+        commands[1][:4] == [python, "-m", "pip", "install"] and commands[1][-1] == "torch==2.14.1"
+    )
+    monkeypatch.setenv(setup_env.INSTALLER_ENV, "pip")  # pip only: uv is never tried
+    commands.clear()
+    setup_env.pip_install("torch", python, ["torch==2.14.1"])
+    assert len(commands) == 1 and commands[0][:3] == [python, "-m", "pip"]

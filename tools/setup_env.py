@@ -12,6 +12,11 @@ Creates ``.venv/`` in the repository root and installs, in order:
 4. ``solo_d2``     this package (editable) with its runtime, test and export (ONNX)
                    dependencies.
 
+Packages are installed with uv (itself installed into the venv first) when it can be: it
+resolves and unpacks in parallel, ~3x faster than pip for torch's 4 GB. It is given pip's
+configuration (index URLs, find-links, constraints), and every step falls back to pip when uv
+cannot be installed or fails; ``SOLO_D2_INSTALLER=pip`` uses pip only.
+
 A detectron2 importable by the base interpreter is inherited through
 ``--system-site-packages`` and is never replaced. Each step first checks whether it is already
 done, so a second run on a ready venv only performs those checks (a few seconds) and prints
@@ -29,12 +34,15 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
 DETECTRON2_SDIST = "pb1-detectron2==0.6"
 STAMP_NAME = ".solo_d2-setup-stamp"
+INSTALLER_ENV = "SOLO_D2_INSTALLER"  # "pip": never use uv
+_UV = {}  # python -> path of its venv's uv, or None
 
 
 class SetupError(RuntimeError):
@@ -58,6 +66,60 @@ def run(step, cmd, **kwargs):
             f"--- last lines of its output ---\n{tail}"
         )
     return proc.stdout
+
+
+def pip_config_options(python):
+    """pip's index configuration (files and ``PIP_*`` variables, as ``pip config list`` prints
+    them) as uv options, so that uv installs from the same places as pip would."""
+    proc = subprocess.run(
+        [str(python), "-m", "pip", "config", "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    values = {}
+    for line in proc.stdout.splitlines():  # e.g. global.find-links='/opt/wheels'
+        match = re.match(r"^[^=]*\.([a-z-]+)='(.*)'$", line.strip())
+        if match:
+            values[match.group(1)] = match.group(2)  # later scopes (PIP_* variables) win
+    options = ["--index-strategy", "unsafe-best-match"]  # pip's rule: best version of all
+    if "index-url" in values:
+        options += ["--index-url", values["index-url"]]
+    for key in ("extra-index-url", "find-links", "constraint"):
+        for value in values.get(key, "").split():
+            options += [f"--{key}", value]
+    return options
+
+
+def _uv(python):
+    """The uv of ``python``'s venv, installed there on first use; None if it cannot be."""
+    if os.environ.get(INSTALLER_ENV, "").lower() == "pip":
+        return None
+    if python not in _UV:
+        uv = Path(python).parent / "uv"
+        if not uv.exists():
+            try:
+                run("uv", [python, "-m", "pip", "install", "--no-compile", "uv"])
+            except SetupError as e:
+                log(f"uv: not available ({str(e).splitlines()[0]}); installing with pip")
+        _UV[python] = uv if uv.exists() else None
+    return _UV[python]
+
+
+def pip_install(step, python, args, cwd=None):
+    """``pip install ARGS`` into ``python``'s environment, through uv when it is available."""
+    uv = _uv(python)
+    if uv is not None:
+        env = dict(os.environ)
+        if "SSL_CERT_FILE" not in env and os.environ.get("PIP_CERT"):
+            env["SSL_CERT_FILE"] = os.environ["PIP_CERT"]
+        cmd = [uv, "pip", "install", "--python", python, *pip_config_options(python), *args]
+        try:
+            return run(step, cmd, cwd=cwd, env=env)
+        except SetupError as e:
+            log(f"{step}: uv failed, installing with pip instead:\n{e}")
+    # --no-compile: byte-compiling the 5 GB of torch takes ~30 s; Python compiles what it imports
+    return run(step, [python, "-m", "pip", "install", "--no-compile", *args], cwd=cwd)
 
 
 def find_module(python, module):
@@ -108,8 +170,7 @@ def step_torch(python):
         log(f"torch: found torch {found[0]}, keeping it")
         return False
     log(f"torch: installing {' '.join(TORCH_REQUIREMENTS)}")
-    # --no-compile: byte-compiling the 5 GB of torch takes ~30 s; Python compiles what it imports
-    run("torch", [python, "-m", "pip", "install", "--no-compile", *TORCH_REQUIREMENTS])
+    pip_install("torch", python, TORCH_REQUIREMENTS)
     return True
 
 
@@ -174,9 +235,10 @@ def step_detectron2(python):
             tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
         src = next(p for p in tmp.iterdir() if p.is_dir() and (p / "setup.py").exists())
         _patch_detectron2_setup(src)
-        run(
+        pip_install(
             "detectron2 (build and install)",
-            [python, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "."],
+            python,
+            ["--no-build-isolation", "--no-deps", f"detectron2 @ {src.as_uri()}"],
             cwd=src,
         )
     found = find_module(python, "detectron2")
@@ -203,10 +265,11 @@ def step_solo_d2(python, venv, force):
             return False
     log("solo_d2: installing runtime + test dependencies and solo_d2 (editable)")
     # setuptools<81 is needed before the editable build (it provides pkg_resources too).
-    run("solo_d2 (build tools)", [python, "-m", "pip", "install", "setuptools>=61,<81", "wheel"])
-    run(
+    pip_install("solo_d2 (build tools)", python, ["setuptools>=61,<81", "wheel"])
+    pip_install(
         "solo_d2 (editable install)",
-        [python, "-m", "pip", "install", "--no-build-isolation", "-e", ".[test,export]"],
+        python,
+        ["--no-build-isolation", "-e", ".[test,export]"],
         cwd=REPO,
     )
     stamp.write_text(digest + "\n")
@@ -234,6 +297,7 @@ def main():
     )
     args = parser.parse_args()
     venv = args.venv.resolve()
+    start = time.monotonic()
     try:
         python, created = step_venv(venv, args.python)
         changed = [created, step_torch(python), step_detectron2(python)]
@@ -242,7 +306,8 @@ def main():
     except SetupError as e:
         print(f"[setup] FAILED: {e}", file=sys.stderr, flush=True)
         return 1
-    log("ready: nothing to do" if not any(changed) else f"ready: {python}")
+    elapsed = f"{time.monotonic() - start:.0f} s"
+    log("ready: nothing to do" if not any(changed) else f"ready: {python} (set-up took {elapsed})")
     return 0
 
 

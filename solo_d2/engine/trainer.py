@@ -5,12 +5,10 @@ as on CUDA (NCCL)."""
 import logging
 import weakref
 
-import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -18,6 +16,7 @@ from ..checkpoint import SOLOCheckpointer
 from ..evaluation import build_evaluator, summarize_results
 from .hooks import RNGStateHook
 from .loaders import build_test_loader, build_train_loader, train_records
+from .optim import build_optimizer
 
 __all__ = ["Trainer", "create_ddp_model"]
 
@@ -77,23 +76,8 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """Detectron2's SGD, or AdamW with ``SOLVER.OPTIMIZER "AdamW"`` (same parameter groups,
-        weight decay and gradient clipping)."""
-        if cfg.SOLVER.OPTIMIZER == "SGD":
-            return super().build_optimizer(cfg, model)
-        if cfg.SOLVER.OPTIMIZER != "AdamW":
-            raise ValueError(
-                f"SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {cfg.SOLVER.OPTIMIZER!r}"
-            )
-        params = get_default_optimizer_params(
-            model,
-            base_lr=cfg.SOLVER.BASE_LR,
-            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        )
-        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-        )
+        weight decay and gradient clipping), with fused updates (:mod:`.optim`)."""
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg, start_iter: int = 0):

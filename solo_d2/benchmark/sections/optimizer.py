@@ -1,0 +1,140 @@
+"""Section ``optimizer`` (not run by default): the optimizer step of solo_d2's trainer (fused
+update, batched per-parameter clipping: :mod:`solo_d2.engine.optim`) against Detectron2's
+builder (one parameter at a time, one ``clip_grad_norm_`` call per parameter), on the shapes
+quick configs (ResNet-18-FPN, light heads, 4 images of 128 px), SGD and AdamW, clipping on.
+
+Rows: ``model``, ``optimizer``, ``implementation``, ``step_ms`` (optimizer step alone),
+``train_ms`` (forward + backward + step), ``times``.
+"""
+
+import os
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.structures import Boxes, Instances, PolygonMasks
+from detectron2.utils.events import EventStorage
+
+from ...config import add_solo_config
+from ...engine.optim import build_optimizer
+from ..cases import random_instances, train_step
+from ..measure import MemoryPlan, alternate
+from ..registry import register_section
+from ..report import find_row, fmt, markdown_table, ratio
+from ..settings import Settings
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+HEADS = ("SOLO", "SOLOv2")
+IMAGE_SIZE, BATCH, NUM_CLASSES = 128, 4, 4
+
+
+def detectron2_optimizer(cfg, model) -> torch.optim.Optimizer:
+    """The reference: Detectron2's parameter groups, ``torch.optim`` stepping one parameter at a
+    time (``foreach=False``) and Detectron2's per-parameter gradient clipper."""
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+    kwargs = dict(lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, foreach=False)
+    if cfg.SOLVER.OPTIMIZER == "SGD":
+        kwargs.update(momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
+    optimizer_cls = getattr(torch.optim, cfg.SOLVER.OPTIMIZER)
+    return maybe_add_gradient_clipping(cfg, optimizer_cls)(params, **kwargs)
+
+
+def _inputs() -> List[Dict]:
+    rng = np.random.default_rng(3)
+    inputs = []
+    for _ in range(BATCH):
+        image = torch.from_numpy(rng.integers(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
+        polygons, _, boxes, classes = random_instances(rng, 6, IMAGE_SIZE, IMAGE_SIZE, NUM_CLASSES)
+        instances = Instances((IMAGE_SIZE, IMAGE_SIZE))
+        instances.gt_boxes, instances.gt_classes = Boxes(boxes), classes
+        instances.gt_masks = PolygonMasks([[p.flatten()] for p in polygons])
+        inputs.append(
+            {"image": image, "height": IMAGE_SIZE, "width": IMAGE_SIZE, "instances": instances}
+        )
+    return inputs
+
+
+def optimizer_table(results: Dict) -> str:
+    rows = results["optimizer"]
+
+    def vs_detectron2(r, key):
+        reference = find_row(
+            rows, model=r["model"], optimizer=r["optimizer"], implementation="detectron2"
+        )
+        return fmt(ratio(r, reference, key), ".2f")
+
+    return (
+        f"**Optimizer step** (shapes quick configs, {BATCH} images of {IMAGE_SIZE} px, "
+        "gradient clipping on)\n\n"
+        + markdown_table(
+            [
+                "model",
+                "optimizer",
+                "implementation",
+                "step ms",
+                "vs Detectron2",
+                "train step ms",
+                "vs Detectron2",
+            ],
+            [
+                [
+                    r["model"],
+                    r["optimizer"],
+                    r["implementation"],
+                    fmt(r["step_ms"], ".1f"),
+                    vs_detectron2(r, "step_ms"),
+                    fmt(r["train_ms"], ".0f"),
+                    vs_detectron2(r, "train_ms"),
+                ]
+                for r in rows
+            ],
+        )
+    )
+
+
+@register_section("optimizer", order=80, table=optimizer_table, default=False)
+def bench_optimizer(settings: Settings, memory: MemoryPlan) -> List[Dict]:
+    inputs, rows = _inputs(), []
+    builders = {"detectron2": detectron2_optimizer, "solo_d2": build_optimizer}
+    with EventStorage(0):
+        for head in HEADS:
+            cfg = get_cfg()
+            add_solo_config(cfg)
+            cfg.merge_from_file(os.path.join(REPO, "configs", f"{head}_shapes_quick.yaml"))
+            cfg.MODEL.DEVICE = settings.device
+            for optimizer_name in ("SGD", "AdamW"):
+                cfg.defrost()
+                cfg.SOLVER.OPTIMIZER = optimizer_name
+                torch.manual_seed(0)
+                model = build_model(cfg).train()
+                sum(model(inputs).values()).backward()  # gradients to step with
+                optimizers = {name: build(cfg, model) for name, build in builders.items()}
+                steps = alternate(
+                    {name: opt.step for name, opt in optimizers.items()},
+                    settings.warmup,
+                    settings.repeats * 3,
+                    settings.device,
+                )
+                trains = alternate(
+                    {n: (lambda o=o: train_step(model, o, inputs)) for n, o in optimizers.items()},
+                    settings.warmup,
+                    settings.repeats,
+                    settings.device,
+                )
+                for name in builders:
+                    row = {"model": head, "optimizer": optimizer_name, "implementation": name}
+                    row.update(step_ms=steps[name]["ms"], train_ms=trains[name]["ms"])
+                    row["times"] = {"step": steps[name]["times"], "train": trains[name]["times"]}
+                    rows.append(row)
+                    print(f"  {head} {optimizer_name} {name}: {row}", flush=True)
+    return rows

@@ -1,13 +1,13 @@
 # solo_d2. Every target sets itself up first (idempotent: seconds when the venv is ready).
-#   make demo    train SOLO on the embedded shapes data (CPU), evaluate, draw predictions
-#                (make demo MODEL=Decoupled_SOLO | Decoupled_SOLO_Light | SOLOv2 for the other heads)
+#   make demo    train SOLOv2 on the embedded shapes data (CPU), evaluate, draw predictions
+#                (make demo MODEL=SOLO | Decoupled_SOLO | Decoupled_SOLO_Light for the other heads)
 #   make test    run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-MODEL ?= SOLO
+MODEL ?= SOLOv2
 CONFIG ?= configs/$(MODEL)_shapes_quick.yaml
-OUTPUT ?= output/demo$(if $(filter-out SOLO,$(MODEL)),_$(MODEL))
+OUTPUT ?= output/demo$(if $(filter-out SOLOv2,$(MODEL)),_$(MODEL))
 DATASETS ?= $(or $(SOLO_D2_DATASETS),$(DETECTRON2_DATASETS),datasets)
 PYTEST_ARGS ?=
 # extra train_net.py config overrides for make demo, e.g. TRAIN_OPTS="SOLVER.MAX_ITER 2000"

@@ -22,6 +22,8 @@ OVERFIT_SETTINGS = {
     "INPUT.MIN_SIZE_TEST": 128,
     "INPUT.MAX_SIZE_TEST": 128,
     "INPUT.RANDOM_FLIP": "none",
+    "SOLVER.IMS_PER_BATCH": 4,  # the overfit runs keep the batch and lr they were calibrated with
+    "SOLVER.BASE_LR": 0.001,
     "SOLVER.MAX_ITER": 200,
     "SOLVER.STEPS": "(170,)",
     "SOLVER.WARMUP_ITERS": 20,

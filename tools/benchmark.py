@@ -81,7 +81,7 @@ def get_parser():
     parser.add_argument(
         "--accuracy-budget",
         type=float,
-        help="training seconds per model of the accuracy section (default 240, --quick 20)",
+        help="training seconds per model of the accuracy section (default 140, --quick 20)",
     )
     parser.add_argument(
         "--models",

@@ -26,6 +26,7 @@ Usage: ``python3 tools/setup_env.py [--venv DIR] [--python PYTHON]`` (``make set
 """
 
 import argparse
+import functools
 import hashlib
 import os
 import re
@@ -68,6 +69,7 @@ def run(step, cmd, **kwargs):
     return proc.stdout
 
 
+@functools.lru_cache(maxsize=None)
 def pip_config_options(python):
     """pip's index configuration (files and ``PIP_*`` variables, as ``pip config list`` prints
     them) as uv options, so that uv installs from the same places as pip would."""
@@ -82,12 +84,12 @@ def pip_config_options(python):
         match = re.match(r"^[^=]*\.([a-z-]+)='(.*)'$", line.strip())
         if match:
             values[match.group(1)] = match.group(2)  # later scopes (PIP_* variables) win
-    options = ["--index-strategy", "unsafe-best-match"]  # pip's rule: best version of all
+    options = ("--index-strategy", "unsafe-best-match")  # pip's rule: best version of all
     if "index-url" in values:
-        options += ["--index-url", values["index-url"]]
+        options += ("--index-url", values["index-url"])
     for key in ("extra-index-url", "find-links", "constraint"):
         for value in values.get(key, "").split():
-            options += [f"--{key}", value]
+            options += (f"--{key}", value)
     return options
 
 

@@ -149,3 +149,17 @@ def test_a_failing_uv_falls_back_to_pip(tmp_path, monkeypatch):
     commands.clear()
     setup_env.pip_install("torch", python, ["torch==2.14.1"])
     assert len(commands) == 1 and commands[0][:3] == [python, "-m", "pip"]
+
+
+def test_a_venv_that_inherits_system_packages_installs_with_pip(tmp_path, monkeypatch):
+    """uv ignores inherited packages: it would put a second torch over the user's CUDA build."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\ninclude-system-site-packages = true\n")
+    python = str(tmp_path / "bin" / "python")
+    assert setup_env.inherits_system_packages(python)
+    commands = []
+    monkeypatch.setattr(setup_env, "run", lambda step, cmd, **kw: commands.append(cmd) or "")
+    setup_env.pip_install("solo_d2", python, ["-e", "."])
+    assert [c[:3] for c in commands] == [[python, "-m", "pip"]]  # no uv install, no uv call
+    (tmp_path / "pyvenv.cfg").write_text("include-system-site-packages = false\n")
+    assert not setup_env.inherits_system_packages(python)

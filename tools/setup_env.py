@@ -93,9 +93,19 @@ def pip_config_options(python):
     return options
 
 
+def inherits_system_packages(python):
+    """Whether ``python``'s venv sees the base interpreter's packages (``--system-site-packages``
+    in its ``pyvenv.cfg``)."""
+    cfg = Path(python).parent.parent / "pyvenv.cfg"
+    text = cfg.read_text() if cfg.is_file() else ""
+    return re.search(r"^include-system-site-packages\s*=\s*true\s*$", text, re.M | re.I) is not None
+
+
 def _uv(python):
-    """The uv of ``python``'s venv, installed there on first use; None if it cannot be."""
-    if os.environ.get(INSTALLER_ENV, "").lower() == "pip":
+    """The uv of ``python``'s venv, installed there on first use; None if it cannot be, or if
+    the venv inherits the base interpreter's packages: uv does not see those, and would install
+    a second torch over the user's own (pip keeps them)."""
+    if os.environ.get(INSTALLER_ENV, "").lower() == "pip" or inherits_system_packages(python):
         return None
     if python not in _UV:
         uv = Path(python).parent / "uv"

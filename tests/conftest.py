@@ -38,6 +38,13 @@ TINY_OVERRIDES = [
     "0.0",
     "MODEL.WEIGHTS",
     "",
+    # the quick configs' batch 8 and 160 px tests are sized for the demo, not for unit tests
+    "SOLVER.IMS_PER_BATCH",
+    "4",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
 ]
 
 

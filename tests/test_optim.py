@@ -40,6 +40,13 @@ def test_updates_equal_detectron2s_optimizer(optimizer, clip_type):
     cfg = _cfg(optimizer, clip_type)
     ours, reference = _model(), _model()
     opt_ours, opt_ref = build_optimizer(cfg, ours), detectron2_optimizer(cfg, reference)
+    for group in opt_ours.param_groups:  # the settings both share come from the config
+        assert group["weight_decay"] in (cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.WEIGHT_DECAY_NORM)
+        if optimizer == "SGD":
+            assert (group["momentum"], group["nesterov"]) == (
+                cfg.SOLVER.MOMENTUM,
+                cfg.SOLVER.NESTEROV,
+            )
     x = torch.randn(2, 3, 9, 9)
     for _ in range(5):
         for model, opt in ((ours, opt_ours), (reference, opt_ref)):

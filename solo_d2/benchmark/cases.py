@@ -109,9 +109,12 @@ def target_inputs(settings: Settings, count: int) -> Tuple[torch.Tensor, ...]:
     return boxes.to(device), classes.to(device), masks.to(device)
 
 
-def model_inputs(settings: Settings, batch: int, training: bool) -> List[Dict]:
-    """Detectron2 inputs: random Uint8[3, H, W] images, plus polygon gts (COCO format) for
-    training; ``settings.train_size`` or ``infer_size``, seeded by ``batch``."""
+def model_inputs(
+    settings: Settings, batch: int, training: bool, num_classes: int = 80
+) -> List[Dict]:
+    """Detectron2 inputs: random Uint8[3, H, W] images, plus polygon gts (COCO format, classes
+    below ``num_classes``) for training; ``settings.train_size`` or ``infer_size``, seeded by
+    ``batch``."""
     height, width = settings.train_size if training else settings.infer_size
     rng = np.random.default_rng(7 + batch)
     inputs = []
@@ -120,7 +123,7 @@ def model_inputs(settings: Settings, batch: int, training: bool) -> List[Dict]:
         item = {"image": image, "height": height, "width": width}
         if training:
             polygons, _, boxes, classes = random_instances(
-                rng, settings.train_instances, height, width
+                rng, settings.train_instances, height, width, num_classes
             )
             instances = Instances((height, width))
             instances.gt_boxes = Boxes(boxes)

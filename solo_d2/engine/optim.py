@@ -2,7 +2,7 @@
 with fused (one kernel per step) updates and batched per-parameter clipping.
 
 Detectron2's own builder steps the optimizer one parameter at a time and clips each gradient
-with its own ``clip_grad_norm_`` call: 46 ms of a ~290 ms CPU training step of the quick configs,
+with its own ``clip_grad_norm_`` call: 46-47 ms of a ~290 ms CPU training step of the quick configs,
 15 ms here (docs/BENCHMARKS.md, "Optimizer step"). The update rules are
 the same: SGD with momentum / AdamW as in ``torch.optim``, and Detectron2's clipping semantics
 (``CLIP_TYPE "norm"``: each parameter's gradient is clipped to ``CLIP_VALUE`` on its own).
@@ -15,7 +15,13 @@ import torch
 
 from detectron2.solver.build import get_default_optimizer_params
 
-__all__ = ["build_optimizer", "clip_grad_norm_per_parameter_", "clip_grad_value_"]
+__all__ = [
+    "build_optimizer",
+    "clip_grad_norm_per_parameter_",
+    "clip_grad_value_",
+    "optimizer_hyperparameters",
+    "optimizer_param_groups",
+]
 
 _OPTIMIZERS = {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}
 
@@ -75,6 +81,27 @@ def _implementation(optimizer_cls, cfg, params) -> dict:
     return {"foreach": True} if "foreach" in accepted else {}
 
 
+def optimizer_param_groups(cfg, model: torch.nn.Module) -> list:
+    """Detectron2's parameter groups of ``model`` (``BASE_LR``, ``WEIGHT_DECAY_NORM``,
+    ``BIAS_LR_FACTOR``, ``WEIGHT_DECAY_BIAS``)."""
+    return get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    )
+
+
+def optimizer_hyperparameters(cfg) -> dict:
+    """Keyword arguments of ``SOLVER.OPTIMIZER``'s ``torch.optim`` class: lr, weight decay, and
+    SGD's momentum and Nesterov flag."""
+    kwargs = dict(lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    if cfg.SOLVER.OPTIMIZER == "SGD":
+        kwargs.update(momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
+    return kwargs
+
+
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     """``SOLVER.OPTIMIZER`` (``"SGD"`` or ``"AdamW"``) over Detectron2's parameter groups
     (``BASE_LR``, ``WEIGHT_DECAY``, ``WEIGHT_DECAY_NORM``, ``BIAS_LR_FACTOR``,
@@ -82,17 +109,9 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     name = cfg.SOLVER.OPTIMIZER
     if name not in _OPTIMIZERS:
         raise ValueError(f"SOLVER.OPTIMIZER must be one of {sorted(_OPTIMIZERS)}, got {name!r}")
-    params = get_default_optimizer_params(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-    )
+    params = optimizer_param_groups(cfg, model)
     optimizer_cls = _OPTIMIZERS[name]
-    kwargs = dict(lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
-    if name == "SGD":
-        kwargs.update(momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
+    kwargs = optimizer_hyperparameters(cfg)
     kwargs.update(_implementation(optimizer_cls, cfg, params))
     clipping = cfg.SOLVER.CLIP_GRADIENTS
     if clipping.ENABLED:

@@ -7,21 +7,20 @@ Rows: ``model``, ``optimizer``, ``implementation``, ``step_ms`` (optimizer step 
 ``train_ms`` (forward + backward + step), ``times`` (every round, ms).
 """
 
+import dataclasses
 import os
 from typing import Dict, List
 
-import numpy as np
 import torch
 
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
-from detectron2.structures import Boxes, Instances, PolygonMasks
+from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.events import EventStorage
 
 from ...config import add_solo_config
-from ...engine.optim import build_optimizer
-from ..cases import random_instances, train_step
+from ...engine.optim import build_optimizer, optimizer_hyperparameters, optimizer_param_groups
+from ..cases import model_inputs, train_step
 from ..measure import MemoryPlan, alternate
 from ..registry import register_section
 from ..report import find_row, fmt, markdown_table, ratio
@@ -35,33 +34,10 @@ IMAGE_SIZE, BATCH, NUM_CLASSES = 128, 8, 4
 def detectron2_optimizer(cfg, model) -> torch.optim.Optimizer:
     """The reference: Detectron2's parameter groups, ``torch.optim`` stepping one parameter at a
     time (``foreach=False``) and Detectron2's per-parameter gradient clipper."""
-    params = get_default_optimizer_params(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+    optimizer_cls = maybe_add_gradient_clipping(cfg, getattr(torch.optim, cfg.SOLVER.OPTIMIZER))
+    return optimizer_cls(
+        optimizer_param_groups(cfg, model), **optimizer_hyperparameters(cfg), foreach=False
     )
-    kwargs = dict(lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, foreach=False)
-    if cfg.SOLVER.OPTIMIZER == "SGD":
-        kwargs.update(momentum=cfg.SOLVER.MOMENTUM, nesterov=cfg.SOLVER.NESTEROV)
-    optimizer_cls = getattr(torch.optim, cfg.SOLVER.OPTIMIZER)
-    return maybe_add_gradient_clipping(cfg, optimizer_cls)(params, **kwargs)
-
-
-def _inputs() -> List[Dict]:
-    rng = np.random.default_rng(3)
-    inputs = []
-    for _ in range(BATCH):
-        image = torch.from_numpy(rng.integers(0, 256, (3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
-        polygons, _, boxes, classes = random_instances(rng, 6, IMAGE_SIZE, IMAGE_SIZE, NUM_CLASSES)
-        instances = Instances((IMAGE_SIZE, IMAGE_SIZE))
-        instances.gt_boxes, instances.gt_classes = Boxes(boxes), classes
-        instances.gt_masks = PolygonMasks([[p.flatten()] for p in polygons])
-        inputs.append(
-            {"image": image, "height": IMAGE_SIZE, "width": IMAGE_SIZE, "instances": instances}
-        )
-    return inputs
 
 
 def optimizer_table(results: Dict) -> str:
@@ -104,7 +80,10 @@ def optimizer_table(results: Dict) -> str:
 
 @register_section("optimizer", order=80, table=optimizer_table, default=False)
 def bench_optimizer(settings: Settings, memory: MemoryPlan) -> List[Dict]:
-    inputs, rows = _inputs(), []
+    quick_inputs = dataclasses.replace(
+        settings, train_size=(IMAGE_SIZE, IMAGE_SIZE), train_instances=6
+    )
+    inputs, rows = model_inputs(quick_inputs, BATCH, training=True, num_classes=NUM_CLASSES), []
     builders = {"detectron2": detectron2_optimizer, "solo_d2": build_optimizer}
     with EventStorage(0):
         for head in HEADS:

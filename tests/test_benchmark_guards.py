@@ -1,12 +1,14 @@
-"""Guards of tools/benchmark.py and solo_d2.benchmark: what it compares is equivalent, and it
+"""Guards of tools/benchmark.py and benchmarks: what it compares is equivalent, and it
 runs end to end.
 
 No timing is asserted here; the numbers are in docs/BENCHMARKS.md.
 """
 
+import ast
 import importlib.util
 import json
 import os
+import pkgutil
 
 import numpy as np
 import pytest
@@ -14,8 +16,8 @@ import torch
 
 from conftest import REPO, make_input, tiny_cfg
 from detectron2.modeling import build_model
-from solo_d2 import benchmark
-from solo_d2.benchmark.dense_baseline import assert_same_targets, build_dense_targets, cell_of
+import benchmarks as benchmark
+from benchmarks.dense_baseline import assert_same_targets, build_dense_targets, cell_of
 from solo_d2.modeling.targets import build_solo_targets, grid_cell
 
 # The CLI is a script, not part of the package: loaded from its file.
@@ -24,6 +26,48 @@ spec = importlib.util.spec_from_file_location(
 )
 benchmark_cli = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(benchmark_cli)
+
+
+def _package_imports(package_dir, package):
+    """{module: modules of ``package`` it imports} from the sources (static: TYPE_CHECKING and
+    function-level imports count too)."""
+    graph = {}
+    for info in pkgutil.walk_packages([package_dir], prefix=f"{package}."):
+        path = os.path.join(REPO, *info.name.split("."))
+        path = os.path.join(path, "__init__.py") if info.ispkg else path + ".py"
+        parts = info.name.split(".") if info.ispkg else info.name.split(".")[:-1]
+        imported = set()
+        for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, ast.ImportFrom):
+                base = parts[: len(parts) - node.level + 1] if node.level else []
+                name = ".".join(base + ([node.module] if node.module else []))
+                imported.add(name)
+                imported.update(f"{name}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        graph[info.name] = {m for m in imported if m.startswith(f"{package}.")}
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_benchmark_lives_outside_the_package_and_has_no_import_cycle():
+    """The benchmark is the repository's top-level ``benchmarks`` package, not shipped in
+    solo_d2, and its modules import each other one way only (the package ``__init__`` files,
+    which gather their modules, aside)."""
+    assert not os.path.exists(os.path.join(REPO, "solo_d2", "benchmark"))
+    graph = _package_imports(os.path.join(REPO, "benchmarks"), "benchmarks")
+    assert {"benchmarks.measure", "benchmarks.registry", "benchmarks.sections.export"} <= set(graph)
+    modules = {m: deps - {"benchmarks", "benchmarks.sections"} for m, deps in graph.items()}
+
+    def reaches(start, goal, seen=()):
+        return any(
+            d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in modules[start]
+        )
+
+    cycles = [
+        m for m in modules if m not in ("benchmarks", "benchmarks.sections") and reaches(m, m)
+    ]
+    assert not cycles, f"import cycles through {cycles}"
+
 
 SMALL = dict(
     num_grids=(12, 10, 8, 6, 4),
@@ -144,27 +188,49 @@ def test_cli_quick_run_writes_json_and_png(tmp_path):
     assert results["checks"] == saved["checks"]
 
 
-def test_accuracy_run_evaluates_the_final_model_when_the_schedule_ends_within_budget(tmp_path):
-    """The equal-time comparison evaluates each model at its end, also when its schedule
-    (``SOLVER.MAX_ITER``) finishes before the wall-clock budget is spent."""
+def test_accuracy_run_fits_the_schedule_to_the_budget_and_records_the_curve(tmp_path, monkeypatch):
+    """Each model of the equal-time comparison trains with SOLVER.TIME_BUDGET_S and is
+    evaluated at equal fractions of its fitted schedule, the last time at its end. The budget's
+    clock is simulated (0.5 s per iteration), so the plan is the same on any machine."""
     from conftest import TINY_OVERRIDES
     from detectron2.data import DatasetCatalog
-    from solo_d2.benchmark.accuracy_run import accuracy_config, train_for_budget
+    from detectron2.engine import SimpleTrainer
+
+    from benchmarks.accuracy_run import accuracy_config, train_for_budget
     from solo_d2.data import generate_shapes_dataset, register_coco_dataset
+    from solo_d2.engine import time_budget
 
     json_file, image_dir = generate_shapes_dataset(str(tmp_path), "train", 4, image_size=64)
     if "accuracy_tiny" not in DatasetCatalog.list():
         register_coco_dataset("accuracy_tiny", json_file, image_dir)
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(time_budget, "time", clock)
+    run_step = SimpleTrainer.run_step
+
+    def timed_step(trainer):
+        clock.now += 0.5
+        run_step(trainer)
+
+    monkeypatch.setattr(SimpleTrainer, "run_step", timed_step)
     cfg = accuracy_config(
-        "SOLO",
+        "SOLOv2",
         TINY_OVERRIDES
         + ["DATASETS.TRAIN", "('accuracy_tiny',)", "DATASETS.TEST", "('accuracy_tiny',)"]
-        + ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.MAX_ITER", "3"]
-        + ["SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0", "OUTPUT_DIR", str(tmp_path)]
-        + ["MODEL.SOLO.NUM_CLASSES", "4"],  # the shapes classes
+        + ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.MAX_ITER", "40"]
+        + ["SOLVER.STEPS", "(35,)", "SOLVER.WARMUP_ITERS", "0", "OUTPUT_DIR", str(tmp_path)]
+        + ["MODEL.SOLO.NUM_CLASSES", "4", "SOLVER.TIME_BUDGET_MEASURE_ITERS", "4"],
     )
-    result = train_for_budget(cfg, budget=1e6, evaluations=2)
-    assert [point["iteration"] for point in result["curve"]] == [3]
-    assert result["iterations"] == 3
-    mask_ap = result["curve"][0]["mask_ap"]  # the COCOEvaluator's (NaN: no detection yet)
+    result = train_for_budget(cfg, budget=20, evaluations=2)
+    assert result["iterations"] == 40  # 20 s at 0.5 s per iteration (evaluations take none)
+    # the half-way evaluation ran at the first plan's half (38 iterations, an evaluation assumed
+    # to cost 0.5 s), then measured free: the plan grew to 40
+    assert [point["iteration"] for point in result["curve"]] == [19, 40]
+    mask_ap = result["curve"][-1]["mask_ap"]  # the COCOEvaluator's (NaN: no detection yet)
     assert mask_ap is not None and (mask_ap != mask_ap or 0.0 <= mask_ap <= 100.0)

@@ -45,6 +45,8 @@ def test_non_editable_install_imports_and_trains_on_shapes_from_another_director
         stderr=subprocess.STDOUT,
     )
     assert (site / "solo_d2" / "checkpoint" / "convert.py").is_file()
+    # the benchmark is a package of the repository only (benchmarks/), never installed
+    assert not (site / "solo_d2" / "benchmark").exists() and not (site / "benchmarks").exists()
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.endswith("_DATASETS")}

@@ -5,10 +5,10 @@
                               [--sections targets maskhead train infer] [--quick]
 
 Comparisons (docs/BENCHMARKS.md explains them and the numbers), one registered section each
-(``solo_d2.benchmark.sections``):
+(``benchmarks/sections/``):
 
 * ``targets``: ``build_solo_targets`` vs the dense per-object baseline
-  (``solo_d2/benchmark/dense_baseline.py``) on padded 800x1216 images with 5, 20 and 50 random
+  (``benchmarks/dense_baseline.py``) on padded 800x1216 images with 5, 20 and 50 random
   instances; both are checked to give identical targets before timing.
 * ``maskhead``: SOLO R50-FPN training step, positive-only mask loss (solo_d2) vs the original
   all-channel loss (``AllChannelSOLO``).
@@ -21,13 +21,15 @@ Sections run only when ``--sections`` names them:
 * ``export``: the exported ONNX graph in ONNX Runtime vs PyTorch eager (SOLO, SOLOv2 R50).
 * ``large``: inference on a 4000 x 3000 photo, masks returned at full size: latency, peak memory.
 * ``distributed``: training throughput with 1 and 2 processes (``train_net.py --num-gpus``).
-* ``accuracy``: every SOLO head and Mask R-CNN trained with the same backbone, data and
-  wall-clock budget on the shapes data; mask AP against time (``make bench-accuracy``).
+* ``amp``: training steps in float32 against mixed precision (bfloat16; float16 on CUDA).
+* ``accuracy``: SOLOv2 and Mask R-CNN (model-zoo settings, and tuned) trained with the same
+  backbone, data and wall-clock budget on two embedded cases; mask AP against time
+  (``make bench-accuracy``). ``accuracy-sweep``: the tuning of Mask R-CNN behind it.
 
 Random weights would make the models do unrealistically little work, so every backbone gets
 calibrated FrozenBN statistics, the SOLO models ~300 inference candidates with non-empty masks,
 and Mask R-CNN ``SCORE_THRESH_TEST 0`` (100 detections) and its usual foreground ROIs in
-training (``solo_d2.benchmark.cases``).
+training (``benchmarks.cases``).
 
 Each comparison runs in one process, alternating between its variants: warm-up, then the
 median of several repeats. Peak memory of every configuration is measured in a fresh
@@ -46,7 +48,10 @@ from typing import Dict
 
 import torch
 
-from solo_d2.benchmark import (
+# benchmarks/ is a package of this repository, not of the installed solo_d2: it is imported from
+# the checkout this script belongs to.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import (  # noqa: E402
     MODELS,
     MemoryPlan,
     Settings,
@@ -81,7 +86,8 @@ def get_parser():
     parser.add_argument(
         "--accuracy-budget",
         type=float,
-        help="training seconds per model of the accuracy section (default 140, --quick 20)",
+        help="wall-clock seconds per model of the accuracy sections, evaluations included "
+        "(default 480, --quick 20; accuracy-sweep: half)",
     )
     parser.add_argument(
         "--models",

@@ -1,5 +1,11 @@
 """The benchmark behind ``tools/benchmark.py`` (docs/BENCHMARKS.md): speed and memory of
-solo_d2 against a dense target baseline and Detectron2's Mask R-CNN.
+solo_d2 against a dense target baseline and Detectron2's Mask R-CNN, and accuracy at equal
+training time.
+
+A package of the repository, not of the installed ``solo_d2`` (it is not shipped with it): run
+it through ``tools/benchmark.py`` or from the repository root. Imports go one way:
+``settings``, then ``registry``, ``cases`` and ``dense_baseline``, then ``measure`` and
+``report``, then ``sections`` (tested: no module imports one that imports it back).
 
 * :mod:`.settings`: model names and configs, :class:`Settings` (sizes and repeats).
 * :mod:`.cases`: random inputs, the benchmark models (calibrated backbones, inference load,
@@ -9,6 +15,8 @@ solo_d2 against a dense target baseline and Detectron2's Mask R-CNN.
 * :mod:`.report`: checks, Markdown tables, the summary figure.
 * :mod:`.registry` and :mod:`.sections`: the comparisons (``--sections``) as plug-ins.
 """
+
+import solo_d2  # noqa: F401  (compat shims before any detectron2 import)
 
 from . import sections  # noqa: F401  (registers the sections and memory cases)
 from .cases import (

@@ -1,7 +1,7 @@
 """The benchmark's sections, one comparison each; every module here is a plug-in.
 
 Importing this package imports all its modules, which register their sections and memory cases
-(:mod:`solo_d2.benchmark.registry`): ``targets`` (target builder vs the dense baseline),
+(:mod:`benchmarks.registry`): ``targets`` (target builder vs the dense baseline),
 ``maskhead`` and ``train`` (training steps), ``infer`` (inference latency). A new section is a
 new module here; no other module changes.
 """

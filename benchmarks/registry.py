@@ -1,26 +1,23 @@
 """Plug-in points of the benchmark: sections and memory cases, registered by name.
 
 A **section** is one comparison, selected with ``tools/benchmark.py --sections NAME``. Its
-``run(settings, memory)`` times its variants (:func:`~solo_d2.benchmark.measure.alternate`),
+``run(settings, memory)`` times its variants (:func:`~benchmarks.measure.alternate`),
 requests the peak memory of each configuration from ``memory``
-(:class:`~solo_d2.benchmark.measure.MemoryPlan`) and returns its rows, stored as
+(:class:`~benchmarks.measure.MemoryPlan`) and returns its rows, stored as
 ``results[NAME]`` in bench.json; its ``table(results)`` renders them as Markdown for bench.md.
 
 A **memory case** kind builds one configuration, described by a JSON-able dict
 ``{"kind": KIND, ...}``, in the fresh process that measures its peak memory
-(:func:`~solo_d2.benchmark.measure.measure_memory_case`).
+(:func:`~benchmarks.measure.measure_memory_case`).
 
-Every module of :mod:`solo_d2.benchmark.sections` is imported with the package, so a new
+Every module of :mod:`benchmarks.sections` is imported with the package, so a new
 comparison is one new module there that registers its section (and its memory cases).
 """
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from .settings import Settings
-
-if TYPE_CHECKING:
-    from .measure import MemoryPlan
 
 __all__ = [
     "Section",
@@ -40,7 +37,7 @@ class Section:
 
     name: str
     order: int
-    run: Callable[[Settings, "MemoryPlan"], List[Dict]]
+    run: Callable[[Settings, Any], List[Dict]]  # (settings, measure.MemoryPlan) -> rows
     table: Optional[Callable[[Dict], str]] = None
     default: bool = True
 

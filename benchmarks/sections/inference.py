@@ -1,6 +1,6 @@
 """Section ``infer``: inference latency of the models of ``--models``, batch 1, at
 ``settings.infer_size``; the SOLO models carry a trained model's load
-(:func:`~solo_d2.benchmark.cases.add_inference_load`).
+(:func:`~benchmarks.cases.add_inference_load`).
 
 Rows: ``model``, ``ms``, ``times``, ``instances`` (detections), ``load`` (the added load),
 ``peak_mb`` / ``base_mb``.

@@ -3,7 +3,7 @@
 short side (800 x 1067), and the masks are pasted back at 4000 x 3000.
 
 For the SOLO models of ``--models``, with the inference load of the ``infer`` section
-(:func:`~solo_d2.benchmark.cases.add_inference_load`). Pasting runs in chunks of a few masks
+(:func:`~benchmarks.cases.add_inference_load`). Pasting runs in chunks of a few masks
 (:func:`solo_d2.modeling.postprocess.resize_masks`), so the peak is the network's plus the
 output itself (Bool[N, 3000, 4000]: 12 MB per instance) plus a few chunks of float masks.
 

@@ -75,7 +75,7 @@ def measure_memory_case(settings: Settings, case: Dict) -> Dict:
     """Peak memory of one configuration, run in this (fresh) process: warm-up + one step.
 
     ``case``: ``{"kind": KIND, ...}``, built by the builder registered for KIND
-    (:func:`~solo_d2.benchmark.registry.register_memory_case`). ``base_mb``: memory once the
+    (:func:`~benchmarks.registry.register_memory_case`). ``base_mb``: memory once the
     model and inputs exist (CPU: max RSS so far, including the interpreter and libraries; CUDA:
     allocated tensors); ``peak_mb``: the peak after the steps; ``vm_hwm_mb`` (Linux): the
     kernel's VmHWM, a cross-check of the CPU peak.

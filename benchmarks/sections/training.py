@@ -1,7 +1,7 @@
 """Sections ``maskhead`` and ``train``: training steps (forward, backward, SGD step).
 
 * ``maskhead``: SOLO R50-FPN, positive-only mask loss (solo_d2) vs the original all-channel
-  loss (:class:`~solo_d2.benchmark.cases.AllChannelSOLO`), identical weights, batch
+  loss (:class:`~benchmarks.cases.AllChannelSOLO`), identical weights, batch
   ``MASKHEAD_BATCH``.
 * ``train``: the models of ``--models`` at each batch size of ``settings.train_batches``.
 

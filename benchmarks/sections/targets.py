@@ -1,5 +1,5 @@
 """Section ``targets``: ``build_solo_targets`` vs the dense per-object baseline
-(:mod:`solo_d2.benchmark.dense_baseline`) on one padded image with random instances.
+(:mod:`benchmarks.dense_baseline`) on one padded image with random instances.
 
 Both builders are checked to give identical targets before timing. Rows: ``instances``,
 ``positive_cells``, ``dense_ms``, ``solo_d2_ms``, ``speedup``, ``times`` and the peak memory of

@@ -18,15 +18,14 @@ from detectron2.modeling import build_model
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils.events import EventStorage
 
-from ...config import add_solo_config
-from ...engine.optim import build_optimizer, optimizer_hyperparameters, optimizer_param_groups
+from solo_d2.config import add_solo_config
+from solo_d2.engine.optim import build_optimizer, optimizer_hyperparameters, optimizer_param_groups
 from ..cases import model_inputs, train_step
 from ..measure import MemoryPlan, alternate
 from ..registry import register_section
 from ..report import find_row, fmt, markdown_table, ratio
-from ..settings import Settings
+from ..settings import REPO, Settings
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 HEADS = ("SOLO", "SOLOv2")
 IMAGE_SIZE, BATCH, NUM_CLASSES = 128, 8, 4
 

@@ -1,7 +1,7 @@
 """Section ``export``: the exported ONNX graph in ONNX Runtime (CPU) vs PyTorch eager.
 
 For SOLO and SOLOv2 R50 (those of ``--models``) at ``settings.infer_size``, batch 1, with the
-inference load of the ``infer`` section (:func:`~solo_d2.benchmark.cases.add_inference_load`):
+inference load of the ``infer`` section (:func:`~benchmarks.cases.add_inference_load`):
 the model is exported with :func:`solo_d2.export.export_onnx` (post-processing in the graph),
 its detections are checked against eager PyTorch's, then both are timed in turns in this
 process with the same number of threads (``--threads``; ONNX Runtime: ``intra_op_num_threads``,
@@ -133,7 +133,12 @@ def bench_export(settings: Settings, memory: MemoryPlan) -> List[Dict]:
         session = onnx_session(path, settings.threads)
         feed = {"image": image.numpy()}
         eager = _eager_outputs(infer_step(model, inputs)[0])
-        match = match_detections([*eager[:3], eager[3].tensor], session.run(None, feed))
+        match = match_detections(
+            [*eager[:3], eager[3].tensor],
+            session.run(None, feed),
+            max_detections=model.post_processor.max_per_image,
+            score_floor=model.post_processor.update_thresh,
+        )
         print(f"  export {name}: {export_s:.0f} s, {load}, match {match}", flush=True)
         times = alternate(
             {

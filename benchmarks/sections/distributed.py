@@ -14,9 +14,8 @@ from typing import Dict, List
 from ..measure import MemoryPlan
 from ..registry import register_section
 from ..report import fmt, markdown_table
-from ..settings import Settings
+from ..settings import REPO, Settings
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BATCH = 4
 SPEED = re.compile(r"Overall training speed: (\d+) iterations in .* \(([0-9.]+) s / it\)")
 

@@ -10,6 +10,17 @@ def add_solo_config(cfg):
     # Optimizer of solo_d2.engine.Trainer: "SGD" (Detectron2's, with SOLVER.MOMENTUM) or
     # "AdamW" (same parameter groups, weight decay and gradient clipping).
     cfg.SOLVER.OPTIMIZER = "SGD"
+    # Mixed precision of SOLVER.AMP.ENABLED: "float16" (CUDA only: Detectron2's AMPTrainer, with
+    # gradient scaling) or "bfloat16" (CPU or CUDA: autocast, no scaling; on a CPU without
+    # bfloat16 instructions training stays in float32, with a warning). solo_d2.engine.amp.
+    cfg.SOLVER.AMP.PRECISION = "float16"
+    # Wall-clock budget of a training run in whole seconds, evaluations included (0: off, train
+    # SOLVER.MAX_ITER iterations). When set, the iteration count is chosen from the measured
+    # speed so that the run ends within it; SOLVER.STEPS and TEST.EVAL_PERIOD keep their
+    # fractions of SOLVER.MAX_ITER (solo_d2.engine.time_budget).
+    cfg.SOLVER.TIME_BUDGET_S = 0
+    # Iterations timed before the time budget's first plan (it is corrected as training goes).
+    cfg.SOLVER.TIME_BUDGET_MEASURE_ITERS = 20
     cfg.MODEL.SOLO = CN()
     _C = cfg.MODEL.SOLO
     # Head variant: "SOLO", "DecoupledSOLO", "DecoupledSOLOLight" or "SOLOv2"

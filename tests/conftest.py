@@ -10,6 +10,8 @@ from detectron2.config import get_cfg
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The devices of this machine that the device-aware tests run on (tests/test_devices.py).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 TINY_OVERRIDES = [
     "MODEL.DEVICE",
@@ -38,9 +40,16 @@ TINY_OVERRIDES = [
     "0.0",
     "MODEL.WEIGHTS",
     "",
-    # the quick configs' batch 8 and 160 px tests are sized for the demo, not for unit tests
+    # the quick configs' batch 8, 256 px images and bfloat16 are sized for the demo, not for
+    # unit tests
     "SOLVER.IMS_PER_BATCH",
     "4",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(128,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "SOLVER.AMP.ENABLED",
+    "False",
     "INPUT.MIN_SIZE_TEST",
     "128",
     "INPUT.MAX_SIZE_TEST",
@@ -86,6 +95,23 @@ def make_input(boxes, classes, height=64, width=80, mask_format="bitmask", seed=
         "image_id": seed,
         "file_name": f"synthetic_{seed}.png",
     }
+
+
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available"),
+            ],
+        ),
+    ]
+)
+def device(request):
+    """Every device: "cpu", and "cuda" (mark ``cuda``; skipped where CUDA is not available)."""
+    return request.param
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ def test_base_configs_are_roots_that_only_inherit_other_bases():
 FAMILY = r"(SOLO|Decoupled_SOLO|Decoupled_SOLO_Light|SOLOv2|SOLOv2_Light(_\d+)?)"
 NAME_SCHEME = re.compile(
     rf"(AdelaiDet/)?{FAMILY}(_DCN)?_(R\d+|X\d+)(_DCN)?_(1x|3x)\.yaml"  # released models
-    rf"|{FAMILY}_shapes_quick\.yaml"  # the embedded-data configs
+    rf"|{FAMILY}_shapes(_dense)?_quick\.yaml"  # the embedded-data configs
     rf"|Base-{FAMILY}(_shapes_quick)?\.yaml"
 )
 
@@ -160,12 +160,16 @@ def test_configs_trained_from_scratch_train_every_layer():
 
 
 def test_mask_rcnn_of_the_accuracy_benchmark_shares_backbone_data_and_schedule():
-    from solo_d2.benchmark.accuracy_run import accuracy_config
+    from benchmarks.accuracy_run import accuracy_config
 
-    solo, rcnn = accuracy_config("SOLO"), accuracy_config("MaskRCNN")
+    solo, rcnn = accuracy_config("SOLOv2"), accuracy_config("MaskRCNN")
     assert rcnn.MODEL.META_ARCHITECTURE == "GeneralizedRCNN"
     assert rcnn.MODEL.RESNETS == solo.MODEL.RESNETS and rcnn.MODEL.FPN == solo.MODEL.FPN
     assert rcnn.MODEL.BACKBONE == solo.MODEL.BACKBONE and rcnn.MODEL.WEIGHTS == ""
     assert rcnn.INPUT == solo.INPUT and rcnn.SOLVER == solo.SOLVER
     assert rcnn.DATASETS == solo.DATASETS and rcnn.DATALOADER == solo.DATALOADER
     assert rcnn.MODEL.ROI_HEADS.NUM_CLASSES == solo.MODEL.SOLO.NUM_CLASSES
+    assert rcnn.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 512  # the model zoo's, unless tuned
+    dense = accuracy_config("MaskRCNN", ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"], "shapes_dense")
+    assert dense.DATASETS.TRAIN == ("shapes_dense_train",) and dense.SOLVER == solo.SOLVER
+    assert dense.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 128

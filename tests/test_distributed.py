@@ -146,17 +146,18 @@ def test_torchrun_entry(dataset, tmp_path):
     assert os.path.isfile(tmp_path / "model_final.pth")
 
 
-def test_amp_on_the_cpu_fails_before_training_with_a_clear_message(tmp_path):
+def test_float16_amp_on_the_cpu_fails_before_training_with_a_clear_message(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train_net.py", "--config-file", CONFIG, "SOLVER.AMP.ENABLED", "True"]
-        + ["OUTPUT_DIR", str(tmp_path)],
+        + ["SOLVER.AMP.PRECISION", "float16", "OUTPUT_DIR", str(tmp_path)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     assert proc.returncode != 0
-    assert "SOLVER.AMP.ENABLED needs CUDA" in proc.stdout
+    assert "SOLVER.AMP.PRECISION float16 needs CUDA" in proc.stdout
+    assert "use SOLVER.AMP.PRECISION bfloat16 on the CPU" in proc.stdout
 
 
 def test_cpu_processes_share_the_cores(monkeypatch):

@@ -14,7 +14,6 @@ and on released original-layout files (their detections equal the original code'
 
 import contextlib
 import copy
-import importlib.util
 import io
 import json
 import os
@@ -41,22 +40,23 @@ from solo_d2.export import (
     load_torchscript,
 )
 from solo_d2.export.verify import match_detections
+from export_helpers import (
+    MODELS,
+    SHAPES_256,
+    SHAPES_256_MODEL,
+    as_input,
+    assert_same_detections,
+    eager_outputs,
+    load_tool,
+    make_detecting,
+    synthetic_image,
+)
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-MODELS = ["SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light", "SOLOv2"]
 IMAGE_SIZES = [(256, 256), (200, 296)]  # the second is padded to 224 x 320 in the graph
 BIAS = "head.cate_pred.bias"
-# The shapes settings these tests were calibrated with (256 px, GroupNorm, grids for 256 px):
-# with them the random-weight models below give 5-20 well-separated detections per image.
-SHAPES_256 = ["INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256"]
-SHAPES_256_MODEL = ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"]
-SHAPES_256_MODEL += ["MODEL.SOLO.NUM_GRIDS", "[24, 20, 14, 10, 8]"]
-SHAPES_256_MODEL += [
-    "MODEL.SOLO.SCALE_RANGES",
-    "[[1, 32], [16, 64], [32, 128], [64, 256], [128, 512]]",
-]
 NO_DETECTION_BIAS = -30.0
 
 
@@ -68,61 +68,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def synthetic_image(height, width, seed):
-    """A BGR uint8 picture: a colour gradient with a few discs of random colour."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:height, 0:width]
-    image = np.stack([xx * 255.0 / width, yy * 255.0 / height, np.full((height, width), 90.0)], -1)
-    for _ in range(6):
-        cy, cx = rng.integers(0, height), rng.integers(0, width)
-        radius = rng.integers(8, max(height, width) // 3)
-        image[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = rng.integers(0, 256, 3)
-    return image.astype(np.uint8)
-
-
-def as_input(image):
-    """The graph input (Float[3, H, W]) of an image that needs no resize (RGB configs)."""
-    return torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1))).float()
-
-
-def make_detecting(model, cate_bias=-3.5):
-    """Random weights detect nothing (category prior 0.01 < 0.1 score threshold): give the
-    category and mask outputs fixed random weights that yield ~5-20 detections per image at the
-    default thresholds (``cate_bias`` sets how many). Few candidates keep near-equal scores of
-    overlapping masks rare: their order, and so Matrix NMS, would depend on float rounding."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.head.named_parameters():
-            if name.startswith("cate_pred"):
-                std, bias = 0.05, cate_bias
-            elif name.startswith(("mask_preds", "kernel_pred")):
-                std, bias = 1.0, 0.0
-            else:
-                continue
-            if param.dim() > 1:
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
-            else:
-                param.fill_(bias)
-    return model
-
-
-def eager_outputs(model, image):
-    with torch.no_grad():
-        instances = model([{"image": image}])[0]["instances"]
-    return [
-        instances.pred_masks,
-        instances.scores,
-        instances.pred_classes,
-        instances.pred_boxes.tensor,
-    ]
-
-
-def assert_same_detections(expected, got, what):
-    report = match_detections(expected, got, score_tol=1e-4, min_iou=0.99)
-    assert report["ok"], f"{what}: {report}"
-    return report
 
 
 class Exported:
@@ -298,13 +243,6 @@ def test_deformable_convs_export_as_onnx_deform_conv(tmp_path):
     module, _ = load_torchscript(export_torchscript(model, str(tmp_path / "dcn.ts"), image))
     with torch.no_grad():
         assert_same_detections(expected, module(image), "SOLOv2 DCN TorchScript")
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from detectron2.config import get_cfg
 from solo_d2 import add_solo_config
-from solo_d2.benchmark.sections.optimizer import detectron2_optimizer  # the reference
+from benchmarks.sections.optimizer import detectron2_optimizer  # the reference
 from solo_d2.engine.optim import build_optimizer, clip_grad_norm_per_parameter_
 
 
@@ -58,14 +58,17 @@ def test_updates_equal_detectron2s_optimizer(optimizer, clip_type):
     assert any(not torch.equal(a, b) for a, b in zip(ours.parameters(), _model().parameters()))
 
 
-def test_uses_fused_kernels_except_under_amp():
+def test_uses_fused_kernels_except_under_float16_amp():
     model = _model()
     fused = build_optimizer(_cfg("AdamW"), model)
     assert all(group["fused"] for group in fused.param_groups)
     assert type(fused).__name__ == "AdamWWithGradientClip"
-    under_amp = build_optimizer(_cfg("AdamW", amp=True), model)
+    under_amp = build_optimizer(_cfg("AdamW", amp=True), model)  # float16: a GradScaler
     assert not any(group["fused"] for group in under_amp.param_groups)
     assert all(group["foreach"] for group in under_amp.param_groups)
+    bfloat16 = _cfg("AdamW", amp=True)
+    bfloat16.SOLVER.AMP.PRECISION = "bfloat16"  # no scaler: fused
+    assert all(group["fused"] for group in build_optimizer(bfloat16, model).param_groups)
 
 
 def test_per_parameter_clipping_equals_clip_grad_norm_on_each_parameter():

@@ -284,3 +284,31 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         shapes.main(["--root", str(tmp_path / "x"), "--num-train", "0"])
     assert "--num-train" in capsys.readouterr().err
+
+
+def test_dense_small_layout_draws_15_to_30_small_shapes(tmp_path):
+    """The ``dense_small`` layout (shapes_dense_*): 15-30 shapes of sqrt(area) 10-20 px per
+    image; the default datasets keep their parameters (no layout key) and files."""
+    from solo_d2.data.shapes_render import LAYOUTS
+
+    counts, scales = [], []
+    for index in range(6):
+        sample = render_shapes_image(SEED, "val", index, 256, layout="dense_small")
+        counts.append(len(sample.instances))
+        # shapes inside the image (not cut by the border): their drawn area is the layout's
+        scales += [
+            math.sqrt(inst.mask.sum())
+            for inst in sample.instances
+            if not (inst.mask[0].any() or inst.mask[-1].any() or inst.mask[:, 0].any())
+            and not inst.mask[:, -1].any()
+        ]
+    assert all(15 <= n <= 30 for n in counts), counts
+    inside = [s for s in scales if s > 0]
+    assert 9.0 <= np.median(inside) <= 20.5 and max(inside) <= 21.0, inside
+    json_file, _ = generate_shapes_dataset(str(tmp_path), "val", 2, 256, SEED, "dense_small")
+    assert json.load(open(json_file))["info"]["params"]["layout"] == "dense_small"
+    json_file, _ = generate_shapes_dataset(str(tmp_path / "default"), "val", 2, 64, SEED)
+    assert "layout" not in json.load(open(json_file))["info"]["params"]
+    assert set(LAYOUTS) == {"default", "dense_small"}
+    with pytest.raises(ValueError, match="unknown shapes layout 'crowded'"):
+        generate_shapes_dataset(str(tmp_path), "val", 2, 64, SEED, "crowded")

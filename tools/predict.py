@@ -7,8 +7,13 @@
 
 ``--input`` takes image files, folders (their images, sorted) or glob patterns. Each image is
 written to ``--output`` as a PNG with masks, classes and scores drawn by Detectron2's
-``Visualizer``. ``--json`` also writes COCO-style results (RLE masks, XYWH boxes, 1-based
-``category_id`` in the order of ``thing_classes``, plus ``file_name``).
+``Visualizer``: the detections above the drawing threshold, one label per object (of masks that
+overlap, the best-scored one; ``solo_d2.visualization``). The threshold is the one the
+evaluation of the checkpoint chose from the validation precision
+(``<weights folder>/inference/<dataset>/drawing_threshold.json``), else 0.3, unless
+``--confidence-threshold`` is given. ``--json`` writes COCO-style results of all detections (RLE
+masks, XYWH boxes, 1-based ``category_id`` in the order of ``thing_classes``, plus
+``file_name``).
 
 With ``--onnx model.onnx`` (written by ``tools/export_model.py``) the exported model runs in ONNX
 Runtime (``solo_d2.export.OnnxPredictor``: the same input resize as DefaultPredictor, read from
@@ -36,8 +41,10 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from solo_d2.engine import check_weights
+from solo_d2.visualization import find_drawing_threshold, select_for_drawing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_THRESHOLD = 0.3
 logger = logging.getLogger("solo_d2.predict")
 
 
@@ -48,7 +55,11 @@ def get_parser():
     parser.add_argument("--input", nargs="+", required=True, help="image files, folders or globs")
     parser.add_argument("--output", required=True, help="folder for the drawn PNGs")
     parser.add_argument("--json", help="also write COCO-style results to this file")
-    parser.add_argument("--confidence-threshold", type=float, default=0.3, help="min score drawn")
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        help="min score drawn (default: the evaluation's drawing threshold, else 0.3)",
+    )
     parser.add_argument("--max-images", type=int, default=0, help="stop after N images (0: all)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return parser
@@ -120,6 +131,28 @@ def onnx_predictor(args):
     return predictor, metadata
 
 
+def score_threshold(args, cfg):
+    """``--confidence-threshold``, else the drawing threshold of the checkpoint's evaluation,
+    else :data:`DEFAULT_THRESHOLD` (logged)."""
+    if args.confidence_threshold is not None:
+        return args.confidence_threshold
+    found = find_drawing_threshold(cfg.MODEL.WEIGHTS, cfg.DATASETS.TEST) if cfg else None
+    if found is None:
+        logger.info(
+            "drawing detections with score >= %s (no evaluation threshold)", DEFAULT_THRESHOLD
+        )
+        return DEFAULT_THRESHOLD
+    logger.info(
+        "drawing detections with score >= %s: validation precision %s at recall %s (%s, %s)",
+        found["score_threshold"],
+        found["precision"],
+        found["recall"],
+        found["rule"],
+        found["file"],
+    )
+    return found["score_threshold"]
+
+
 def instances_to_coco(instances, file_name, image_id):
     """COCO-style result dicts of one image's predictions."""
     results = []
@@ -153,6 +186,7 @@ def main(argv=None):
     if not paths:
         raise FileNotFoundError(f"no images found in {args.input}")
     predict, metadata = onnx_predictor(args) if args.onnx else default_predictor(cfg)
+    threshold = score_threshold(args, cfg)
     os.makedirs(args.output, exist_ok=True)
     coco_results, skipped = [], []
     for image_id, path in enumerate(tqdm.tqdm(paths, desc="predict")):
@@ -164,12 +198,13 @@ def main(argv=None):
             skipped.append(path)
             continue
         instances = predict(image)
-        keep = instances[instances.scores >= args.confidence_threshold]
+        drawn = select_for_drawing(instances, threshold)
         drawing = Visualizer(image[:, :, ::-1], metadata, instance_mode=ColorMode.IMAGE)
-        drawing = drawing.draw_instance_predictions(keep).get_image()
+        drawing = drawing.draw_instance_predictions(drawn).get_image()
         out_path = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
         cv2.imwrite(out_path, drawing[:, :, ::-1])
-        coco_results += instances_to_coco(instances, path, image_id)
+        if args.json:
+            coco_results += instances_to_coco(instances, path, image_id)
     logger.info("wrote %d drawn predictions to %s", len(paths) - len(skipped), args.output)
     if skipped:
         logger.warning("skipped %d unreadable file(s): %s", len(skipped), ", ".join(skipped))

@@ -1,4 +1,6 @@
-"""Datasets for solo_d2. Importing this registers ``shapes_train`` / ``shapes_val``.
+"""Datasets for solo_d2. Importing this registers the names ``shapes_train`` / ``shapes_val``
+(default layout) and ``shapes_dense_train`` / ``shapes_dense_val`` (15-30 small shapes per
+image); each is generated when first loaded.
 
 COCO 2017 (``coco_2017_train`` etc.) is registered by Detectron2's own builtin datasets.
 """
@@ -25,3 +27,4 @@ __all__ = [
 ]
 
 register_shapes_datasets()
+register_shapes_datasets(prefix="shapes_dense", layout="dense_small")

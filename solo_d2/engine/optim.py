@@ -15,6 +15,8 @@ import torch
 
 from detectron2.solver.build import get_default_optimizer_params
 
+from .amp import uses_gradient_scaling
+
 __all__ = [
     "build_optimizer",
     "clip_grad_norm_per_parameter_",
@@ -67,11 +69,12 @@ def _with_gradient_clipping(
 
 def _implementation(optimizer_cls, cfg, params) -> dict:
     """``fused=True`` where this torch has a fused kernel for the parameters' device, else
-    ``foreach=True``. Not fused under AMP: ``GradScaler`` hands fused optimizers still-scaled
-    gradients (it unscales inside their step), which clipping must not see."""
+    ``foreach=True``. Not fused under float16 AMP: ``GradScaler`` hands fused optimizers
+    still-scaled gradients (it unscales inside their step), which clipping must not see
+    (bfloat16 needs no scaler)."""
     accepted = inspect.signature(optimizer_cls.__init__).parameters
     devices = {p.device.type for group in params for p in group["params"]}
-    if "fused" in accepted and not cfg.SOLVER.AMP.ENABLED and devices <= {"cpu", "cuda"}:
+    if "fused" in accepted and not uses_gradient_scaling(cfg) and devices <= {"cpu", "cuda"}:
         try:  # probe: older releases have the argument but no kernel for some devices
             probe = [torch.zeros(1, device=d, requires_grad=True) for d in sorted(devices)]
             optimizer_cls(probe, lr=0.0, fused=True)

@@ -5,6 +5,8 @@ import os
 
 from detectron2.data import MetadataCatalog
 
+from .amp import amp_dtype
+
 __all__ = ["check_amp", "check_dataset_classes", "check_weights"]
 
 
@@ -34,13 +36,6 @@ def check_weights(cfg):
 
 
 def check_amp(cfg):
-    """Fail if mixed precision is asked for on the CPU.
-
-    ``SOLVER.AMP.ENABLED`` selects Detectron2's ``AMPTrainer``, which uses CUDA's float16
-    autocast and gradient scaler; on the CPU, train in float32.
-    """
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        raise ValueError(
-            f"SOLVER.AMP.ENABLED needs CUDA (Detectron2's AMPTrainer uses torch.cuda.amp), but "
-            f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: set SOLVER.AMP.ENABLED False on the CPU"
-        )
+    """Fail if the mixed precision asked for cannot run on ``MODEL.DEVICE`` (float16 needs CUDA;
+    bfloat16 runs on the CPU and CUDA), or ``SOLVER.AMP.PRECISION`` is unknown."""
+    amp_dtype(cfg)

@@ -7,18 +7,24 @@ import weakref
 
 from torch.nn.parallel import DistributedDataParallel
 
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import verify_results
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SOLOCheckpointer
 from ..evaluation import build_evaluator, summarize_results
+from .amp import build_step_trainer
 from .hooks import RNGStateHook
+from .time_budget import TimeBudget
 from .loaders import build_test_loader, build_train_loader, train_records
 from .optim import build_optimizer
 
 __all__ = ["Trainer", "create_ddp_model"]
+
+logger = logging.getLogger(__name__)
 
 
 def create_ddp_model(model, **kwargs):
@@ -49,13 +55,18 @@ class Trainer(DefaultTrainer):
       (:mod:`solo_d2.data.validation`, :class:`solo_d2.data.SOLODatasetMapper`);
     * exact resume: the sampler continues where the checkpoint was written and the random
       generators are restored (:class:`RNGStateHook`); with ``SEED`` >= 0 and
-      ``DATALOADER.NUM_WORKERS 0``, N iterations equal N/2 + resume N/2 bit for bit.
+      ``DATALOADER.NUM_WORKERS 0``, N iterations equal N/2 + resume N/2 bit for bit;
+    * mixed precision in bfloat16 on the CPU as well (:mod:`.amp`);
+    * a wall-clock budget (``SOLVER.TIME_BUDGET_S``, :class:`TimeBudget`) instead of a fixed
+      ``SOLVER.MAX_ITER``.
 
     ``SOLVER.IMS_PER_BATCH`` is the global batch, split over the processes, as in Detectron2.
     """
 
-    def __init__(self, cfg):  # DefaultTrainer.__init__, with the two changes above
+    def __init__(self, cfg):  # DefaultTrainer.__init__, with the changes above
         TrainerBase.__init__(self)
+        # SOLVER.TIME_BUDGET_S counts from here: building the model and the data included
+        self._time_budget = TimeBudget(cfg) if cfg.SOLVER.TIME_BUDGET_S > 0 else None
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
@@ -63,9 +74,7 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SOLOCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -90,8 +99,34 @@ class Trainer(DefaultTrainer):
         return build_test_loader(cfg, dataset_name)
 
     def build_hooks(self):
+        """Detectron2's hooks, the RNG-state hook and, with ``SOLVER.TIME_BUDGET_S``, the
+        :class:`TimeBudget` hook first (it moves ``max_iter`` before the others read it)."""
         self._rng_state = RNGStateHook()
-        return super().build_hooks() + [self._rng_state]
+        budget = [self._time_budget] if self._time_budget is not None else []
+        return budget + super().build_hooks() + [self._rng_state]
+
+    def train(self):
+        """``DefaultTrainer.train``, with a loop that reads ``self.max_iter`` at every
+        iteration (Detectron2's loop fixes it when it starts), so that :class:`TimeBudget` can
+        set the length of the run."""
+        logger.info("Starting training from iteration %d", self.start_iter)
+        self.iter = self.start_iter
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                self.before_train()
+                while self.iter < self.max_iter:
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    self.iter += 1
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            verify_results(self.cfg, self._last_eval_results)
+            return self._last_eval_results
 
     def state_dict(self):
         """Also the optimizer state (momentum), which Detectron2 0.6's DefaultTrainer leaves out

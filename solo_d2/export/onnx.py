@@ -17,6 +17,7 @@ The sample image only drives the trace: the graph holds for any H x W and any N,
 export as the standard ONNX ``DeformConv`` (opset >= 19), which ONNX Runtime implements.
 """
 
+import copy
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ __all__ = [
     "METADATA_KEY",
     "ExportError",
     "export_onnx",
+    "on_cpu",
     "onnx_signature",
     "register_deform_conv_symbolic",
     "uses_deformable_conv",
@@ -146,7 +148,7 @@ def export_onnx(
     check_opset(model, opset)
     if opset >= DCN_OPSET:
         register_deform_conv_symbolic(opset)
-    wrapper = ExportableSOLO(model)
+    wrapper = ExportableSOLO(on_cpu(model))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     dynamic_axes = {
         name: {axis: dim for axis, dim in enumerate(dims) if isinstance(dim, str)}
@@ -181,6 +183,14 @@ def export_onnx(
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, path)
     return path
+
+
+def on_cpu(model: nn.Module) -> nn.Module:
+    """``model``, or a CPU copy of it when it lives on another device (a CUDA model): the graph
+    is traced on the CPU, and the model given stays where it is."""
+    if all(t.device.type == "cpu" for t in (*model.parameters(), *model.buffers())):
+        return model
+    return copy.deepcopy(model).to("cpu")
 
 
 def _name_output_dims(proto):

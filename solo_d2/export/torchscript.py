@@ -32,7 +32,9 @@ def export_torchscript(
     """Trace ``model`` (a SOLO model in eval mode) on ``sample_image`` Float[3, H, W] and save
     the ``image -> (masks, scores, classes, boxes)`` module to ``path``, with ``metadata``
     (JSON) as the extra file :data:`EXTRA_FILE`. Returns ``path``."""
-    wrapper = ExportableSOLO(model)
+    from .onnx import on_cpu
+
+    wrapper = ExportableSOLO(on_cpu(model))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         # Shapes read while tracing are structural (equal for every input size).

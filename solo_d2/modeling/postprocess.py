@@ -151,27 +151,34 @@ def resize_masks(
     output_size: Tuple[int, int],
     mask_thresh: float,
     chunk: int = 4,
+    max_masks: int = None,
 ) -> torch.Tensor:
     """Soft masks at H/4 -> binary masks at the output size (rule I6).
 
     Resize to the padded input size, crop the valid ``image_size``, resize to ``output_size``
-    (skipped when it is the crop's size: an identity). Runs on chunks of ``chunk`` masks, which
-    keeps the full-resolution float copies small (faster on CPU, same result); the exported
-    graph resizes all K (possibly 0) masks at once.
+    (skipped when it is the crop's size: an identity), threshold. Runs on chunks of ``chunk``
+    masks, so that only one chunk of full-resolution float masks exists at a time (the output is
+    Bool). The exported graph (K, possibly 0, unknown while tracing) has no loop over the chunks
+    (an ONNX ``Loop`` runs slowly): it holds ``ceil(max_masks / chunk)`` chunks one after the
+    other, the slices past K being empty; without ``max_masks`` it resizes all K at once.
+
     Args:
-        mask_probs: Float[K, h, w]. Returns Bool[K, *output_size].
+        mask_probs: Float[K, h, w]; at most ``max_masks`` when exporting.
+    Returns:
+        Bool[K, *output_size].
     """
     if is_exporting():
-        # K (possibly 0) as the batch dim, see resize_probs; thresholded before the crop, which
-        # then copies bytes, not floats.
-        masks = F.interpolate(
-            mask_probs[:, None], size=padded_size, mode="bilinear", align_corners=False
-        )
-        if tuple(output_size) != tuple(image_size):
-            masks = masks[:, :, : image_size[0], : image_size[1]]
-            masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
-            return (masks > mask_thresh).flatten(0, 1)
-        return (masks > mask_thresh).flatten(0, 1)[:, : image_size[0], : image_size[1]]
+        if max_masks is None:
+            bounds = [(0, None)]
+        else:
+            bounds = [(start, start + chunk) for start in range(0, max_masks, chunk)]
+        parts = [
+            _resize_and_threshold(
+                mask_probs[a:b], padded_size, image_size, output_size, mask_thresh
+            )
+            for a, b in bounds
+        ]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
     if len(mask_probs) == 0:
         return mask_probs.new_zeros((0, *output_size), dtype=torch.bool)
     binary = mask_probs.new_empty((len(mask_probs), *output_size), dtype=torch.bool)
@@ -183,6 +190,20 @@ def resize_masks(
             masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
         torch.gt(masks[0], mask_thresh, out=binary[start : start + chunk])
     return binary
+
+
+def _resize_and_threshold(mask_probs, padded_size, image_size, output_size, thresh):
+    """The graph form of one chunk of :func:`resize_masks`: K (possibly 0) masks as the batch
+    dim (see ``resize_probs``), thresholded before the crop, which then copies bytes, not
+    floats."""
+    masks = F.interpolate(
+        mask_probs[:, None], size=padded_size, mode="bilinear", align_corners=False
+    )
+    if tuple(output_size) != tuple(image_size):
+        masks = masks[:, :, : image_size[0], : image_size[1]]
+        masks = F.interpolate(masks, size=output_size, mode="bilinear", align_corners=False)
+        return (masks > thresh).flatten(0, 1)
+    return (masks > thresh).flatten(0, 1)[:, : image_size[0], : image_size[1]]
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -311,7 +332,12 @@ class SOLOPostProcessor:
         order = keep[_descending_order(scores[keep])[: self.max_per_image]]
         # I6-I7: paste the soft masks, tight boxes.
         masks = resize_masks(
-            cell_probs[pair_to_cell[order]], padded_size, image_size, output_size, self.mask_thresh
+            cell_probs[pair_to_cell[order]],
+            padded_size,
+            image_size,
+            output_size,
+            self.mask_thresh,
+            max_masks=self.max_per_image,
         )
         result = Instances(output_size)
         result.pred_masks = masks

@@ -55,6 +55,10 @@ def add_solo_config(cfg):
     _C.MASK_FEATURE_CHANNELS = 128
     # SOLOv2: the mask-feature branch fuses the first N of MODEL.SOLO.IN_FEATURES (P2..P5).
     _C.NUM_MASK_FEATURE_LEVELS = 4
+    # SOLOv2: stride of the unified mask features, and so of the masks: 4 (the original, H/4) or
+    # 2 (solo_d2: upsampled x2 and refined by one 3x3 conv; finer masks of small objects, for
+    # ~20 % more time per step; docs/BENCHMARKS.md).
+    _C.MASK_FEATURE_STRIDE = 4
     # SOLOv2: make every conv of the mask-feature branch deformable, the 1x1 output conv included
     # (the SOLOv2 R101/X101 DCN models).
     _C.USE_DCN_IN_MASK_FEATURES = False
@@ -88,6 +92,11 @@ def add_solo_config(cfg):
     _C.NMS_SIGMA = 2.0
     # Maximum detections per image.
     _C.MAX_PER_IMG = 100
+    # A candidate's binary mask (at H/4) must have more pixels than this times its level's
+    # stride (FPN_STRIDES) to be kept: 1.0 is the original rule, which drops every object under
+    # ~11 x 11 px at stride 8; 0 keeps every non-empty mask (the shapes quick configs: small
+    # objects, docs/BENCHMARKS.md).
+    _C.MASK_AREA_FACTOR_TEST = 1.0
 
     # Checkpoints. Allow full unpickling (torch.load(weights_only=False)) of MODEL.WEIGHTS files
     # that hold Python objects besides tensors. Unpickling runs code from the file: enable it

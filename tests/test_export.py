@@ -453,3 +453,29 @@ def test_released_original_checkpoint_exports_and_reproduces_the_original_detect
         min_iou=0.98,  # the original's own tolerance in test_checkpoint_oracle.py
     )
     assert report["ok"] and report["matched"] >= 10, report
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_traced_pasting_runs_in_chunks_and_equals_eager_for_any_count():
+    """The graph form of mask pasting (rule I6): ceil(max_masks / 4) unrolled chunks of 4
+    masks (at most 4 soft masks at full size exist at a time), slices past K empty; the same
+    binary masks as eager for K = 0 .. max_masks, and for a crop to another output size."""
+    from solo_d2.modeling.postprocess import resize_masks
+
+    def paste(probs):
+        return resize_masks(probs, (64, 96), (60, 90), (60, 90), 0.5, max_masks=10)
+
+    generator = torch.Generator().manual_seed(0)
+    traced = torch.jit.trace(paste, (torch.rand(7, 16, 24, generator=generator),))
+    resizes = [n for n in traced.graph.nodes() if "upsample" in n.kind()]
+    assert len(resizes) == 3  # ceil(10 / 4) chunks
+    for count in (0, 1, 4, 9, 10):
+        probs = torch.rand(count, 16, 24, generator=generator)
+        assert torch.equal(traced(probs), paste(probs)), count
+    other_size = torch.rand(5, 16, 24, generator=generator)
+    expected = resize_masks(other_size, (64, 96), (60, 90), (120, 180), 0.5)
+    traced_other = torch.jit.trace(
+        lambda p: resize_masks(p, (64, 96), (60, 90), (120, 180), 0.5, max_masks=8),
+        (other_size,),
+    )
+    assert torch.equal(traced_other(other_size), expected)

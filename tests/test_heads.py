@@ -253,3 +253,27 @@ def test_per_sample_conv_matches_grouped_reference():
             padding=1,
         )
         assert torch.allclose(out[k], ref[0, 0], atol=1e-5)
+
+
+def test_solov2_mask_feature_stride_2_gives_masks_and_targets_at_half_resolution():
+    """MODEL.SOLO.MASK_FEATURE_STRIDE 2: mask features (and targets) at H/2, inference compares
+    masks at H/2 and counts the area bound (rule I3) in H/4 pixels."""
+    cfg = tiny_cfg(
+        extra=["MODEL.SOLO.HEAD", "SOLOv2", "MODEL.SOLO.MASK_FEATURE_STRIDE", "2"]
+        + ["MODEL.SOLO.SCORE_THRESH_TEST", "0.0"]
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.head.mask_stride == 2 and model.post_processor.mask_stride == 2
+    batch = [make_input([(4, 4, 30, 30), (30, 20, 60, 50)], [0, 2], seed=1)]
+    images = model.preprocess_image(batch)
+    outputs = model.head([model.backbone(images.tensor)[f] for f in model.in_features])
+    height, width = images.tensor.shape[-2:]
+    assert outputs.mask_data[0][1].shape[-2:] == (height // 2, width // 2)
+    targets = [model.build_targets(x, images.tensor.shape[-2:]) for x in batch]
+    assert targets[0][0].masks.shape[-2:] == (height // 2, width // 2)
+    losses = model(batch)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="MASK_FEATURE_STRIDE must be 4 or 2"):
+        build_model(tiny_cfg(extra=["MODEL.SOLO.HEAD", "SOLOv2", "MODEL.SOLO.MASK_FEATURE_STRIDE", "8"]))

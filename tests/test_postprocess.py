@@ -208,3 +208,24 @@ def test_m1_matrix_nms_random_against_loop_reference(kernel, seed):
     expected = _matrix_nms_reference(masks, labels.tolist(), scores.tolist(), kernel)
     for got, want in zip(out.tolist(), expected):
         assert math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-7)
+
+
+@pytest.mark.parametrize("factor, kept", [(1.0, 0), (0.5, 1), (0.0, 1)])
+def test_i3_mask_area_bound_and_its_factor(factor, kept):
+    """Rule I3: a 6-pixel mask (at H/4) of a stride-8 level is dropped by the original bound
+    (more than 8 pixels needed), kept when MASK_AREA_FACTOR_TEST halves or removes it."""
+    from solo_d2.modeling.postprocess import SOLOPostProcessor
+
+    post = SOLOPostProcessor(num_grids=(4,), strides=(8,), mask_area_factor=factor)
+    logits = torch.full((2, 4, 4), -10.0)
+    logits[1, 2, 3] = 3.0  # one candidate: class 1 at cell 2 * 4 + 3
+    probs = torch.zeros(16, 16, 16)
+    probs[11, 4:6, 8:11] = 0.9  # its mask: 2 x 3 pixels at H/4
+
+    def mask_probs(level, cells, size):
+        return probs[cells]
+
+    result = post([logits], mask_probs, (64, 64), (64, 64), (64, 64))
+    assert len(result) == kept
+    if kept:
+        assert result.pred_classes.tolist() == [1] and result.pred_masks.sum() > 6

@@ -33,10 +33,13 @@ ACCURACY_CASES = ("shapes", "shapes_dense")
 #: Anchors for 256 px images: the model zoo's (32..512 px on P2..P6, made for 800 px images)
 #: scaled by 1/4, as SOLO's scale ranges are scaled for these images (smallest 8 px).
 SMALL_ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16], [32], [64], [128]]"]
-#: Mask R-CNN's best settings per case from ``accuracy-sweep`` (docs/BENCHMARKS.md).
+#: Mask R-CNN's best settings per case from ``accuracy-sweep`` (docs/BENCHMARKS.md, 240 s each):
+#: small anchors, AdamW at lr 7e-4 with batch 2 (4x the iterations of batch 8 per second), and
+#: 128 (shapes: 12.8 mask AP; 64: 10.2 at batch 8) or 64 ROIs per image (shapes_dense: 71.4).
+_BATCH_2 = ["SOLVER.OPTIMIZER", "AdamW", "SOLVER.BASE_LR", "0.0007", "SOLVER.IMS_PER_BATCH", "2"]
 TUNED_MASK_RCNN = {
-    "shapes": SMALL_ANCHORS + ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"],
-    "shapes_dense": SMALL_ANCHORS + ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"],
+    "shapes": SMALL_ANCHORS + ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"] + _BATCH_2,
+    "shapes_dense": SMALL_ANCHORS + ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64"] + _BATCH_2,
 }
 SWEEP_ROIS = (64, 128, 256)
 #: With the best ROI count: (optimizer, lr, batch); the shared recipe is AdamW 1.4e-3, batch 8.

@@ -151,12 +151,16 @@ class TimeBudget(HookBase):
         self._last_after_step = None  # (iteration, time) of the last after_step
         self._evaluated_after = None  # the iteration after which this hook evaluated
         self._last_plan_iter = None
+        self._first_plan_made = False
+        self._eval_hook = None
 
     # ------------------------------------------------------------------ hook interface
     def before_train(self):
         self._first_iter = self.trainer.iter
-        self._eval_hook = next(h for h in self.trainer._hooks if isinstance(h, hooks.EvalHook))
-        self._eval_hook._period = 0  # the periodic evaluations run from here
+        evals = [h for h in self.trainer._hooks if isinstance(h, hooks.EvalHook)]
+        self._eval_hook = evals[0] if evals else None
+        if self._eval_hook is not None:
+            self._eval_hook._period = 0  # the periodic evaluations run from here
         if self._resumed_plan is not None:
             saved = self._resumed_plan
             plan = SchedulePlan(saved["max_iter"], list(saved["steps"]), list(saved["eval_points"]))
@@ -164,7 +168,6 @@ class TimeBudget(HookBase):
             logger.info("Time budget: resumed with the saved plan %s", self.plan)
         else:  # until the first plan: the configured schedule
             self.plan = scaled_schedule(self.cfg, self.cfg.SOLVER.MAX_ITER)
-            self._first_plan_made = False
 
     def before_step(self):
         now, iteration = time.perf_counter(), self.trainer.iter
@@ -185,14 +188,15 @@ class TimeBudget(HookBase):
         if last is not None and last[0] == iteration - 1:
             self._durations.append(now - last[1])
         next_iter = iteration + 1
-        if next_iter in self.plan.eval_points and next_iter < self.trainer.max_iter:
+        due = next_iter in self.plan.eval_points and next_iter < self.trainer.max_iter
+        if due and self._eval_hook is not None:
             self._eval_hook._do_eval()
             self._eval_seconds = time.perf_counter() - now
             self._evaluated_after = iteration
         self._last_after_step = (iteration, time.perf_counter())
 
     def state_dict(self):
-        if self._resumed_plan is None and not getattr(self, "_first_plan_made", False):
+        if self._resumed_plan is None and not self._first_plan_made:
             return {}
         return {
             "max_iter": self.plan.max_iter,

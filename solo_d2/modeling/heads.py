@@ -79,6 +79,8 @@ class SOLOHeadBase(nn.Module):
     #: SOLO (True): a cell covered by two gts keeps one mask sample (the later gt's).
     #: SOLOv2 (False): one mask sample per (gt, cell) pair.
     one_sample_per_cell = True
+    #: Stride of the masks that inference binarises and compares (rules I3-I5): H/4.
+    mask_stride = 4
 
     def __init__(
         self,

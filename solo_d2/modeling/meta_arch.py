@@ -102,9 +102,10 @@ class SOLO(nn.Module):
                 f"MODEL.SOLO.IN_FEATURES {missing} are not backbone outputs "
                 f"{sorted(backbone.output_shape())}"
             )
+        head = build_solo_head(cfg, backbone.output_shape())
         return {
             "backbone": backbone,
-            "head": build_solo_head(cfg, backbone.output_shape()),
+            "head": head,
             "in_features": head_cfg.IN_FEATURES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -127,6 +128,8 @@ class SOLO(nn.Module):
                 nms_kernel=head_cfg.NMS_KERNEL,
                 nms_sigma=head_cfg.NMS_SIGMA,
                 max_per_image=head_cfg.MAX_PER_IMG,
+                mask_area_factor=head_cfg.MASK_AREA_FACTOR_TEST,
+                mask_stride=head.mask_stride,
             ),
             "trust_weights_pickle": head_cfg.TRUST_WEIGHTS_PICKLE,
         }

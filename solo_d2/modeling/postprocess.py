@@ -244,6 +244,10 @@ class SOLOPostProcessor:
         num_grids: S per level; strides: head stride per level (the area filter of rule I3).
         score_thresh, mask_thresh, nms_pre, update_thresh, nms_kernel, nms_sigma,
         max_per_image: ``MODEL.SOLO.*_TEST`` / ``NMS_*`` / ``MAX_PER_IMG``.
+        mask_area_factor: ``MASK_AREA_FACTOR_TEST``: a mask is kept when its pixel count at
+            H/4 exceeds this times its level's stride (rule I3; 1 as the original).
+        mask_stride: the head's mask resolution (4: H/4; SOLOv2 ``MASK_FEATURE_STRIDE 2``: H/2);
+            areas are counted in H/4 pixels whatever it is.
     """
 
     num_grids: Sequence[int]
@@ -255,6 +259,8 @@ class SOLOPostProcessor:
     nms_kernel: str = "gaussian"
     nms_sigma: float = 2.0
     max_per_image: int = 100
+    mask_area_factor: float = 1.0
+    mask_stride: int = 4
 
     def candidates(self, cate_logits: List[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         """Rules I1-I2: (cell, class) pairs above the score threshold after points-NMS.
@@ -307,14 +313,19 @@ class SOLOPostProcessor:
             output_size: size of the returned masks (the original image).
         """
         cells, classes, scores = self.candidates(cate_logits)
-        # A mask depends on the cell only: compute it once per candidate cell, at H/4.
+        # A mask depends on the cell only: compute it once per candidate cell, at H/4 (or at
+        # the head's finer mask stride).
         unique_cells, pair_to_cell = cells.unique(return_inverse=True)
-        quarter = (padded_size[0] // 4, padded_size[1] // 4)
-        cell_probs, cell_strides = self.cell_mask_probs(unique_cells, mask_probs, quarter)
+        stride = self.mask_stride
+        mask_size = (padded_size[0] // stride, padded_size[1] // stride)
+        cell_probs, cell_strides = self.cell_mask_probs(unique_cells, mask_probs, mask_size)
         binary, areas, maskness = binarize_with_maskness(cell_probs, self.mask_thresh)
+        # I3's bound is in pixels at H/4
+        quarter_areas = areas if stride == 4 else areas * (stride / 4) ** 2
 
-        # I3-I4: drop masks with no more pixels than their level's stride, rescore by maskness.
-        keep = (areas > cell_strides)[pair_to_cell]
+        # I3-I4: drop masks with no more pixels than their level's stride (times the factor),
+        # rescore by maskness.
+        keep = (quarter_areas > cell_strides * self.mask_area_factor)[pair_to_cell]
         pair_to_cell, classes = pair_to_cell[keep], classes[keep]
         scores = scores[keep] * maskness[pair_to_cell]
         # I5: top nms_pre, Matrix NMS, update threshold, top max_per_image.

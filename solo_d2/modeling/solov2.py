@@ -28,11 +28,23 @@ class MaskFeatureBranch(nn.Module):
     Level k: 3x3 conv-norm-ReLU then k x (x2 bilinear upsample [+ 3x3 conv-norm-ReLU before
     each further upsample]); the coarsest level gets CoordConv [x, y] before its first conv.
     The levels are summed, then a 1x1 conv-norm-ReLU gives ``out_channels`` (E). With
-    ``deformable`` every conv, the 1x1 one included, is a modulated deformable conv.
+    ``deformable`` every conv, the 1x1 one included, is a modulated deformable conv. With
+    ``stride`` 2 (solo_d2; 4 is the original) the sum is upsampled x2 (bilinear) and refined by
+    a 3x3 conv-norm-ReLU before the 1x1 conv: masks at H/2.
     """
 
-    def __init__(self, in_channels, channels, out_channels, num_levels, norm, deformable=False):
+    def __init__(
+        self, in_channels, channels, out_channels, num_levels, norm, deformable=False, stride=4
+    ):
         super().__init__()
+        if stride not in (2, 4):
+            raise ValueError(f"MODEL.SOLO.MASK_FEATURE_STRIDE must be 4 or 2, got {stride}")
+        self.refine = None
+        if stride == 2:
+            self.refine = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                conv_tower(channels, channels, 1, norm),
+            )
         self.levels = nn.ModuleList()
         for level in range(num_levels):
             layers = []
@@ -66,12 +78,15 @@ class MaskFeatureBranch(nn.Module):
             if level == len(self.levels) - 1 and level > 0:
                 feature = torch.cat([feature, coord_features(feature)], dim=1)
             fused = fused + convs(feature)
+        if self.refine is not None:
+            fused = self.refine(fused)
         return self.predictor(fused)
 
 
 @register_head("SOLOv2")
 class SOLOv2Head(SOLOHeadBase):
-    """SOLOv2: per-cell dynamic 1x1 kernels applied to one unified mask-feature map at H/4.
+    """SOLOv2: per-cell dynamic 1x1 kernels applied to one unified mask-feature map at H/4
+    (H/2 with ``MODEL.SOLO.MASK_FEATURE_STRIDE 2``).
 
     The kernel branch reads the level feature with CoordConv [x, y], resized to S x S; the
     category branch reads the same resized tensor without the coord channels. Kernels are E
@@ -89,10 +104,12 @@ class SOLOv2Head(SOLOHeadBase):
         mask_feature_channels: int,
         num_mask_feature_levels: int,
         use_dcn_in_mask_features: bool,
+        mask_feature_stride: int = 4,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.num_mask_feature_levels = num_mask_feature_levels
+        self.mask_stride = mask_feature_stride
         self.kernel_tower = self.tower(self.in_channels + 2)
         self.kernel_pred = nn.Conv2d(self.feat_channels, kernel_channels, kernel_size=3, padding=1)
         init_conv(self.kernel_tower)
@@ -104,6 +121,7 @@ class SOLOv2Head(SOLOHeadBase):
             num_mask_feature_levels,
             self.norm,
             deformable=use_dcn_in_mask_features,
+            stride=mask_feature_stride,
         )
 
     @classmethod
@@ -114,11 +132,12 @@ class SOLOv2Head(SOLOHeadBase):
             mask_feature_channels=cfg.MODEL.SOLO.MASK_FEATURE_CHANNELS,
             num_mask_feature_levels=cfg.MODEL.SOLO.NUM_MASK_FEATURE_LEVELS,
             use_dcn_in_mask_features=cfg.MODEL.SOLO.USE_DCN_IN_MASK_FEATURES,
+            mask_feature_stride=cfg.MODEL.SOLO.MASK_FEATURE_STRIDE,
         )
         return args
 
     def target_mask_strides(self, level_strides):
-        return [4] * len(level_strides)
+        return [self.mask_stride] * len(level_strides)
 
     def forward(self, features):
         outputs = super().forward(features)

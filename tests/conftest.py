@@ -114,6 +114,16 @@ def device(request):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of tiny models: as fast, and immune to a busy machine
+    (OpenMP threads of a small op waiting on a loaded core cost ~20x here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_model():
     from detectron2.modeling import build_model

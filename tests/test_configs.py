@@ -170,6 +170,7 @@ def test_mask_rcnn_of_the_accuracy_benchmark_shares_backbone_data_and_schedule()
     assert rcnn.DATASETS == solo.DATASETS and rcnn.DATALOADER == solo.DATALOADER
     assert rcnn.MODEL.ROI_HEADS.NUM_CLASSES == solo.MODEL.SOLO.NUM_CLASSES
     assert rcnn.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 512  # the model zoo's, unless tuned
-    dense = accuracy_config("MaskRCNN", ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"], "shapes_dense")
+    rois = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"]
+    dense = accuracy_config("MaskRCNN", rois, "shapes_dense")
     assert dense.DATASETS.TRAIN == ("shapes_dense_train",) and dense.SOLVER == solo.SOLVER
     assert dense.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 128

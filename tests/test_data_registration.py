@@ -25,12 +25,13 @@ SIZE = 64
 def registered(tmp_path, monkeypatch):
     """Fresh ``<prefix>_train`` (4 images) / ``<prefix>_val`` (2) rooted in tmp_path.
 
-    The root is set after registering: it is resolved when a split is first loaded.
+    The root (``<datasets root>/<prefix>``) is set after registering: it is resolved when a
+    split is first loaded.
     """
     prefix = f"test_shapes_{uuid.uuid4().hex[:8]}"
     names = register_shapes_datasets(num_train=4, num_val=2, image_size=SIZE, prefix=prefix)
     monkeypatch.setenv("SOLO_D2_DATASETS", str(tmp_path / "datasets"))
-    yield names, tmp_path / "datasets" / "shapes"
+    yield names, tmp_path / "datasets" / prefix
     for name in names:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)

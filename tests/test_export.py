@@ -59,15 +59,7 @@ IMAGE_SIZES = [(256, 256), (200, 296)]  # the second is padded to 224 x 320 in t
 BIAS = "head.cate_pred.bias"
 NO_DETECTION_BIAS = -30.0
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and immune to a busy machine (OpenMP
-    threads of a small op waiting on a loaded core cost ~20x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Exported:

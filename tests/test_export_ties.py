@@ -34,17 +34,13 @@ from solo_d2.export import export_onnx, export_torchscript, load_torchscript
 from solo_d2.export.verify import match_detections
 from solo_d2.modeling.postprocess import SOLOPostProcessor
 
-pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -276,4 +276,6 @@ def test_solov2_mask_feature_stride_2_gives_masks_and_targets_at_half_resolution
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(ValueError, match="MASK_FEATURE_STRIDE must be 4 or 2"):
-        build_model(tiny_cfg(extra=["MODEL.SOLO.HEAD", "SOLOv2", "MODEL.SOLO.MASK_FEATURE_STRIDE", "8"]))
+        build_model(
+            tiny_cfg(extra=["MODEL.SOLO.HEAD", "SOLOv2", "MODEL.SOLO.MASK_FEATURE_STRIDE", "8"])
+        )

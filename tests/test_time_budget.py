@@ -17,13 +17,7 @@ from solo_d2.data import SHAPES_CLASSES, generate_shapes_dataset, register_coco_
 from solo_d2.engine import Trainer, time_budget
 from solo_d2.engine.time_budget import plan_iterations, scaled_schedule
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class FakeClock:

@@ -57,7 +57,9 @@ def _coco_eval(tmp_path, predictions):
         return encoded
 
     dataset = {
-        "images": [{"id": i, "height": size, "width": size, "file_name": f"{i}.png"} for i in (1, 2)],
+        "images": [
+            {"id": i, "height": size, "width": size, "file_name": f"{i}.png"} for i in (1, 2)
+        ],
         "categories": [{"id": 1, "name": "thing"}],
         "annotations": [
             {

@@ -43,7 +43,7 @@ CASES = {
 # Everything the compared models share, read from the case's SOLO config.
 SHARED_PREFIXES = ("INPUT.", "SOLVER.", "DATALOADER.", "DATASETS.", "SEED", "MODEL.RESNETS.")
 SHARED_PREFIXES += ("MODEL.FPN.", "MODEL.BACKBONE.", "MODEL.PIXEL_", "MODEL.WEIGHTS")
-SHARED_PREFIXES += ("MODEL.DEVICE",)
+SHARED_PREFIXES += ("MODEL.DEVICE", "MODEL.BASIC_RESNET.")
 
 
 def _flatten(node, prefix=""):

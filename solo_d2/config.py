@@ -21,6 +21,12 @@ def add_solo_config(cfg):
     cfg.SOLVER.TIME_BUDGET_S = 0
     # Iterations timed before the time budget's first plan (it is corrected as training goes).
     cfg.SOLVER.TIME_BUDGET_MEASURE_ITERS = 20
+    # The ResNet of MODEL.BACKBONE.NAME "build_basic_resnet_fpn_backbone" (basic blocks; the rest
+    # from MODEL.RESNETS / MODEL.FPN; solo_d2.modeling.backbone): channels of the stem and res2,
+    # doubled per stage, and blocks in res2..res5. 64 and [2, 2, 2, 2] are ResNet-18.
+    cfg.MODEL.BASIC_RESNET = CN()
+    cfg.MODEL.BASIC_RESNET.WIDTH = 64
+    cfg.MODEL.BASIC_RESNET.BLOCKS_PER_STAGE = [2, 2, 2, 2]
     cfg.MODEL.SOLO = CN()
     _C = cfg.MODEL.SOLO
     # Head variant: "SOLO", "DecoupledSOLO", "DecoupledSOLOLight" or "SOLOv2"

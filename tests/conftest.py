@@ -16,6 +16,9 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TINY_OVERRIDES = [
     "MODEL.DEVICE",
     "cpu",
+    # Detectron2's own ResNet-FPN (the quick configs' thin one: tests/test_backbone.py)
+    "MODEL.BACKBONE.NAME",
+    "build_resnet_fpn_backbone",
     "MODEL.RESNETS.DEPTH",
     "18",
     "MODEL.RESNETS.RES2_OUT_CHANNELS",

@@ -29,6 +29,12 @@ OVERFIT_SETTINGS = {
     "SOLVER.WARMUP_ITERS": 20,
     "TEST.EVAL_PERIOD": 0,
     "SEED": 1,
+    # ... and the ResNet-18-FPN widths (64 channels) they were calibrated with
+    "MODEL.BASIC_RESNET.WIDTH": 64,
+    "MODEL.FPN.OUT_CHANNELS": 64,
+    "MODEL.SOLO.FEAT_CHANNELS": 64,
+    "MODEL.SOLO.KERNEL_CHANNELS": 64,
+    "MODEL.SOLO.MASK_FEATURE_CHANNELS": 64,
 }
 OVERFIT_OPTS = [str(item) for pair in OVERFIT_SETTINGS.items() for item in pair]
 

@@ -89,9 +89,11 @@ def describe(path, fmt, image):
 
 def run_exported(path, fmt, image):
     if fmt == "onnx":
-        from solo_d2.export.predictor import _import_onnxruntime
+        from solo_d2.export.predictor import _import_onnxruntime, default_session_options
 
-        session = _import_onnxruntime().InferenceSession(path, providers=["CPUExecutionProvider"])
+        session = _import_onnxruntime().InferenceSession(
+            path, default_session_options(), providers=["CPUExecutionProvider"]
+        )
         return session.run(None, {"image": image.numpy()})
     module, _ = load_torchscript(path)
     with torch.no_grad():

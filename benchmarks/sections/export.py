@@ -12,24 +12,27 @@ the op types that take the time. Always on the CPU; only with ``--sections expor
 Rows: ``model``, ``eager_ms`` / ``onnx_ms`` (medians) and their ``times``, ``ratio`` (ONNX
 Runtime / eager), ``instances``, ``match`` (:func:`~solo_d2.export.verify.match_detections`),
 ``load``, ``export_s``, ``onnx_file_mb``, ``onnx_profile`` (ms per op type, largest first) and
-``eager_peak_mb`` / ``onnx_peak_mb`` (fresh processes: the eager model, or only the ONNX file in
-an ONNX Runtime session).
+``eager_peak_mb`` / ``onnx_peak_mb`` (fresh processes: the eager model, in a process with torch,
+Detectron2 and solo_d2; or the ONNX file in an ONNX Runtime session, in a process as a deployment
+runs it, without torch: :func:`onnx_peak_mb`).
 """
 
 import gc
 import json
 import os
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from typing import Dict, List
 
 import numpy as np
 
-from ..cases import add_inference_load, infer_step, model_inputs, prepare_infer
-from ..measure import MemoryPlan, alternate
+from ..cases import add_inference_load, infer_step, prepare_infer
+from ..measure import LAUNCHER, MemoryPlan, alternate
 from ..registry import MemoryCase, register_memory_case, register_section
 from ..report import fmt, markdown_table
-from ..settings import LABELS, Settings
+from ..settings import LABELS, REPO, Settings
 
 #: Models of this section, when in ``--models``.
 EXPORT_MODELS = ("SOLO", "SOLOv2")
@@ -38,14 +41,12 @@ TARGET_RATIO = 0.8
 
 
 def onnx_session(path: str, threads: int, profile_prefix: str = None):
-    """A CPU ONNX Runtime session with ``threads`` intra-op threads (and a profiler)."""
-    from solo_d2.export.predictor import _import_onnxruntime
+    """A CPU ONNX Runtime session with ``threads`` intra-op threads (and a profiler), with the
+    options :class:`~solo_d2.export.OnnxPredictor` uses."""
+    from solo_d2.export.predictor import _import_onnxruntime, default_session_options
 
     ort = _import_onnxruntime()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options = default_session_options(threads)
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
@@ -164,10 +165,16 @@ def bench_export(settings: Settings, memory: MemoryPlan) -> List[Dict]:
             "onnx_file_mb": round(os.path.getsize(path) / 2**20, 1),
             "onnx_profile": profile,
         }
-        memory.request(row, prefix="eager_", kind="export", model=name, runtime="eager")
-        memory.request(
-            row, prefix="onnx_", kind="export", model=name, runtime="onnxruntime", path=path
-        )
+        memory.request(row, prefix="eager_", kind="export", model=name)
+        image_path = os.path.join(folder, f"{name}_image.npy")
+        np.save(image_path, feed["image"])
+        if settings.memory:
+            onnx_memory = onnx_peak_mb(path, image_path, settings.threads)
+            row["onnx_base_mb"], row["onnx_peak_mb"] = (
+                onnx_memory["base_mb"],
+                onnx_memory["peak_mb"],
+            )
+            print(f"  export {name}: ONNX Runtime alone in a process: {onnx_memory}", flush=True)
         rows.append(row)
         print(
             f"  export {name}: eager {row['eager_ms']:.0f} ms, ONNX Runtime {row['onnx_ms']:.0f}"
@@ -181,14 +188,41 @@ def bench_export(settings: Settings, memory: MemoryPlan) -> List[Dict]:
 
 @register_memory_case("export")
 def export_case(settings: Settings, case: Dict) -> MemoryCase:
-    """``{"kind": "export", "model": NAME, "runtime": "eager"}``: one eager inference call
-    (load added after the base memory is read); ``"runtime": "onnxruntime", "path": FILE``: one
-    run of the exported graph in a session that is the only model in the process."""
+    """``{"kind": "export", "model": NAME}``: one eager inference call (load added after the
+    base memory is read). The exported graph's memory: :func:`onnx_peak_mb`."""
     cpu = Settings(**{**settings.__dict__, "device": "cpu"})
-    if case["runtime"] == "eager":
-        model, inputs = prepare_infer(cpu, case["model"])
-        load = lambda: add_inference_load(model, inputs, settings.candidates)  # noqa: E731
-        return MemoryCase(lambda: infer_step(model, inputs), prepare=load)
-    image = model_inputs(cpu, 1, training=False)[0]["image"].numpy().astype(np.float32)
-    session = onnx_session(case["path"], settings.threads)
-    return MemoryCase(lambda: session.run(None, {"image": image}))
+    model, inputs = prepare_infer(cpu, case["model"])
+    load = lambda: add_inference_load(model, inputs, settings.candidates)  # noqa: E731
+    return MemoryCase(lambda: infer_step(model, inputs), prepare=load)
+
+
+# A deployment process: numpy and ONNX Runtime only (importing torch, Detectron2 and solo_d2 alone
+# takes ~800 MB of resident memory that a process running the exported graph does not have).
+_ONNX_MEMORY_WORKER = """
+import json, resource, sys
+import numpy as np
+sys.path.insert(0, sys.argv[4])  # solo_d2/export: its predictor imports numpy only
+from predictor import _import_onnxruntime, default_session_options
+ort = _import_onnxruntime()
+session = ort.InferenceSession(
+    sys.argv[1], default_session_options(int(sys.argv[3])), providers=["CPUExecutionProvider"]
+)
+image = np.load(sys.argv[2])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+for _ in range(2):
+    session.run(None, {"image": image})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"base_mb": round(base, 1), "peak_mb": round(peak, 1),
+                  "torch_imported": "torch" in sys.modules}))
+"""
+
+
+def onnx_peak_mb(path: str, image_path: str, threads: int) -> Dict:
+    """Peak memory of two runs of the ONNX file on the saved image, in a fresh process that
+    imports only numpy, ONNX Runtime and solo_d2's predictor module (no torch)."""
+    command = [sys.executable, "-c", _ONNX_MEMORY_WORKER, path, image_path, str(threads)]
+    command.append(os.path.join(REPO, "solo_d2", "export"))
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True, check=True
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])

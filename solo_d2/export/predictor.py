@@ -18,7 +18,13 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["OnnxPredictor", "resized_shape", "paste_masks", "mask_boxes_np"]
+__all__ = [
+    "OnnxPredictor",
+    "default_session_options",
+    "resized_shape",
+    "paste_masks",
+    "mask_boxes_np",
+]
 
 METADATA_KEY = "solo_d2"
 
@@ -32,6 +38,25 @@ def _import_onnxruntime():
             "(or pip install onnxruntime)"
         ) from e
     return onnxruntime
+
+
+def default_session_options(threads: Optional[int] = None):
+    """ONNX Runtime ``SessionOptions`` for the exported graph: ``threads`` intra-op threads
+    (default: ONNX Runtime's), one inter-op thread, sequential execution, and no memory pattern.
+
+    The memory pattern (ONNX Runtime's default) pre-plans one block for the intermediates of the
+    shapes it saw; with this graph's dynamic shapes (image size, candidate and detection counts)
+    it raised the peak of a SOLO R50 run at 800 x 1216 from 1.0 to 1.3-2.1 GB at the same speed
+    (docs/BENCHMARKS.md, export section).
+    """
+    ort = _import_onnxruntime()
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_mem_pattern = False
+    return options
 
 
 def resized_shape(height: int, width: int, short_edge: int, max_size: int) -> Tuple[int, int]:
@@ -62,8 +87,9 @@ def paste_masks(masks: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Bool[N, h, w] -> Bool[N, *size]: bilinear (align_corners=False) resize, then > 0.5."""
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks.astype(bool)
-    (y0, y1, fy), (x0, x1, fx) = _linear_weights(size[0], masks.shape[1]), _linear_weights(
-        size[1], masks.shape[2]
+    (y0, y1, fy), (x0, x1, fx) = (
+        _linear_weights(size[0], masks.shape[1]),
+        _linear_weights(size[1], masks.shape[2]),
     )
     out = np.empty((len(masks), *size), dtype=bool)
     for k, mask in enumerate(masks.astype(np.float32)):
@@ -88,7 +114,8 @@ class OnnxPredictor:
     Args:
         path: an ONNX file written by ``tools/export_model.py`` / ``solo_d2.export``.
         providers: ONNX Runtime execution providers (default: CPU).
-        session_options: an ``onnxruntime.SessionOptions`` (threads, profiling, ...).
+        session_options: an ``onnxruntime.SessionOptions`` (threads, profiling, ...); default
+            :func:`default_session_options`.
         metadata: overrides the pre-processing stored in the model (``input_format``,
             ``min_size_test``, ``max_size_test``).
     """
@@ -104,7 +131,7 @@ class OnnxPredictor:
         try:
             self.session = ort.InferenceSession(
                 path,
-                sess_options=session_options,
+                sess_options=session_options or default_session_options(),
                 providers=list(providers or ["CPUExecutionProvider"]),
             )
         except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)

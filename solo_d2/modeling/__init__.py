@@ -1,6 +1,7 @@
 """SOLO model: meta-architecture (registered in Detectron2's META_ARCH_REGISTRY), heads,
 target builder, losses and post-processing."""
 
+from .backbone import build_basic_resnet, build_basic_resnet_fpn_backbone
 from .heads import (
     SOLO_HEAD_REGISTRY,
     DecoupledSOLOHead,
@@ -26,6 +27,8 @@ __all__ = [
     "SOLOHead",
     "SOLOHeadBase",
     "SOLOv2Head",
+    "build_basic_resnet",
+    "build_basic_resnet_fpn_backbone",
     "build_solo_head",
     "build_solo_targets",
     "build_solov2_targets",

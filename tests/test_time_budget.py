@@ -100,6 +100,10 @@ def test_scaled_schedule_keeps_the_fractions_and_what_has_happened():
     # at iteration 40 neither has
     grown = scaled_schedule(cfg, 300, current_iter=40, previous=previous)
     assert (grown.steps, grown.eval_points) == ([240], [150])
+    # a plan that shrinks at iteration 45 keeps what is still to come after it: the evaluation
+    # (half of 80 = 40) comes right after iteration 45 instead of being skipped
+    shrunk = scaled_schedule(cfg, 80, current_iter=45, previous=previous)
+    assert (shrunk.steps, shrunk.eval_points) == ([64], [46])
     # every 25 of 100 iterations: three evaluations before the end
     cfg.TEST.EVAL_PERIOD = 25
     assert scaled_schedule(cfg, 40).eval_points == [10, 20, 30]

@@ -65,14 +65,20 @@ def scaled_schedule(
 ) -> SchedulePlan:
     """``cfg``'s schedule stretched to ``max_iter`` iterations: the lr steps of ``SOLVER.STEPS``
     and the evaluations of ``TEST.EVAL_PERIOD`` at the same fractions of ``SOLVER.MAX_ITER``.
-    What has happened by ``current_iter`` under the ``previous`` plan stays where it was."""
+    What has happened by ``current_iter`` under the ``previous`` plan stays where it was; what
+    has not is never moved to or before ``current_iter`` (a shrinking plan would skip it), but
+    to ``current_iter + 1`` at the earliest."""
     reference = cfg.SOLVER.MAX_ITER
 
     def scale(reference_points, previous_points):
         points = []
         for k, fraction in enumerate(reference_points):
-            happened = previous is not None and previous_points[k] <= current_iter
-            points.append(previous_points[k] if happened else round(fraction * max_iter))
+            if previous is not None and previous_points[k] <= current_iter:  # happened
+                points.append(previous_points[k])
+            elif previous is not None:
+                points.append(max(round(fraction * max_iter), current_iter + 1))
+            else:
+                points.append(round(fraction * max_iter))
         return points
 
     steps = scale([s / reference for s in cfg.SOLVER.STEPS], previous.steps if previous else [])
@@ -86,7 +92,7 @@ def lr_multiplier(cfg, plan: SchedulePlan) -> ParamScheduler:
     """The lr multiplier of Detectron2's ``build_lr_scheduler`` for ``plan``."""
     name = cfg.SOLVER.LR_SCHEDULER_NAME
     if name == "WarmupMultiStepLR":
-        steps = [s for s in plan.steps if s <= plan.max_iter]
+        steps = [s for s in plan.steps if s < plan.max_iter]  # fvcore: milestones < updates
         schedule = MultiStepParamScheduler(
             values=[cfg.SOLVER.GAMMA**k for k in range(len(steps) + 1)],
             milestones=steps,

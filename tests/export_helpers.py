@@ -14,7 +14,11 @@ MODELS = ["SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light", "SOLOv2"]
 # The shapes settings these tests were calibrated with (256 px, GroupNorm, grids for 256 px):
 # with them the random-weight models below give 5-20 well-separated detections per image.
 SHAPES_256 = ["INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256"]
-SHAPES_256_MODEL = ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"]
+# the ResNet-18-FPN and head widths these models were made with (the quick configs: 16 and 32)
+SHAPES_256_MODEL = ["MODEL.BASIC_RESNET.WIDTH", "64", "MODEL.FPN.OUT_CHANNELS", "64"]
+SHAPES_256_MODEL += ["MODEL.SOLO.FEAT_CHANNELS", "64", "MODEL.SOLO.KERNEL_CHANNELS", "64"]
+SHAPES_256_MODEL += ["MODEL.SOLO.MASK_FEATURE_CHANNELS", "64"]
+SHAPES_256_MODEL += ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"]
 SHAPES_256_MODEL += ["MODEL.SOLO.NUM_GRIDS", "[24, 20, 14, 10, 8]"]
 SHAPES_256_MODEL += [
     "MODEL.SOLO.SCALE_RANGES",

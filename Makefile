@@ -12,7 +12,8 @@ MODEL ?= SOLOv2
 CONFIG ?= configs/$(MODEL)_shapes_quick.yaml
 OUTPUT ?= output/demo$(if $(filter-out SOLOv2,$(MODEL)),_$(MODEL))
 DATASETS ?= $(or $(SOLO_D2_DATASETS),$(DETECTRON2_DATASETS),datasets)
-PYTEST_ARGS ?=
+# the test suite in one worker process per core, a file per worker at a time (pytest-xdist)
+PYTEST_ARGS ?= -n auto --dist loadfile
 # extra train_net.py config overrides for make demo, e.g. TRAIN_OPTS="SOLVER.BASE_LR 0.002"
 TRAIN_OPTS ?=
 # The whole demo's wall-clock budget; training gets what set-up and data generation leave,

@@ -13,6 +13,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The devices of this machine that the device-aware tests run on (tests/test_devices.py).
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto --dist loadfile``), each worker process
+    takes its share of the cores as torch threads."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files with the most end-to-end (``slow``) tests first, the rest in their order: with
+    ``--dist loadfile`` the longest files then start first instead of ending the run alone."""
+    slow_per_file = {}
+    for item in items:
+        slow_per_file.setdefault(item.fspath, 0)
+        slow_per_file[item.fspath] += item.get_closest_marker("slow") is not None
+    items.sort(key=lambda item: -slow_per_file[item.fspath])  # stable: same order per worker
+
 TINY_OVERRIDES = [
     "MODEL.DEVICE",
     "cpu",

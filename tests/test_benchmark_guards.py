@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import pkgutil
+import sys
 
 import numpy as np
 import pytest
@@ -164,11 +165,12 @@ def test_inference_load_sets_the_candidate_count():
 
 @pytest.mark.slow
 def test_cli_quick_run_writes_json_and_png(tmp_path):
+    """Every default section end to end, timing only (memory: the test below)."""
     threads = torch.get_num_threads()
     try:
         results = benchmark_cli.main(
             ["--quick", "--device", "cpu", "--threads", "1", "--output", str(tmp_path)]
-            + ["--models", "SOLO", "MaskRCNN"]
+            + ["--models", "SOLO", "MaskRCNN", "--no-memory"]
         )
     finally:
         torch.set_num_threads(threads)
@@ -176,16 +178,36 @@ def test_cli_quick_run_writes_json_and_png(tmp_path):
     assert (tmp_path / "benchmarks.png").stat().st_size > 0
     assert "| target |" in (tmp_path / "bench.md").read_text()
     assert set(saved) >= {"machine", "settings", "targets", "maskhead", "train", "infer", "checks"}
-    assert saved["machine"]["threads"] == 1
+    assert saved["machine"]["threads"] == 1 and saved["settings"]["memory"] is False
     verdicts = [c["verdict"] for c in saved["checks"]]
-    assert verdicts[2] == "n/a"  # SOLOv2 not run
-    assert all(v in ("PASS", "MISS") for v in verdicts[:2] + verdicts[3:])
+    assert verdicts[2:] == ["n/a", "n/a"]  # SOLOv2 not run; memory not measured
+    assert all(v in ("PASS", "MISS") for v in verdicts[:2])
     rows = saved["train"] + saved["infer"] + saved["maskhead"]
-    assert all(r["peak_mb"] and r["peak_mb"] > 0 for r in rows)
-    assert all(r["dense_peak_mb"] and r["solo_d2_peak_mb"] for r in saved["targets"])
+    assert all(r["ms"] > 0 for r in saved["train"] + saved["infer"])
+    assert all(r["peak_mb"] is None for r in rows)  # not measured with --no-memory
     assert {r["model"] for r in saved["infer"]} == {"SOLO", "MaskRCNN"}
     assert all(r["instances"] > 0 for r in saved["infer"])
     assert results["checks"] == saved["checks"]
+
+
+@pytest.mark.slow
+def test_memory_cases_run_once_each_in_a_fresh_process_and_fill_every_row():
+    """The memory plan measures each distinct case once, in a process started by the CLI, and
+    writes the result into every row that asked for it."""
+    from benchmarks.measure import MemoryPlan
+    from benchmarks.settings import Settings
+
+    settings = Settings(device="cpu", threads=1, quick=True, warmup=0, repeats=1)
+    command = [sys.executable, os.path.join(REPO, "tools", "benchmark.py")]
+    plan = MemoryPlan(settings, command, jobs=2)
+    rows = [{}, {}, {}]
+    plan.request(rows[0], kind="targets", variant="solo_d2", instances=5)
+    plan.request(rows[1], kind="targets", variant="solo_d2", instances=5)  # the same case
+    plan.request(rows[2], "unknown_", kind="no such kind")
+    plan.run()
+    assert rows[0]["peak_mb"] == rows[1]["peak_mb"] and rows[0]["base_mb"] == rows[1]["base_mb"]
+    assert rows[0]["peak_mb"] >= rows[0]["base_mb"] > 0
+    assert rows[2]["unknown_peak_mb"] is None  # a failed case is reported, not invented
 
 
 def test_accuracy_run_fits_the_schedule_to_the_budget_and_records_the_curve(tmp_path, monkeypatch):

@@ -58,7 +58,7 @@ def budget_cfg(output, extra=()):
     )
 
 
-def train_on_fake_clock(cfg, monkeypatch, step_s, eval_s, resume=False):
+def train_on_fake_clock(cfg, monkeypatch, step_s, eval_s, resume=False, trainer_class=Trainer):
     """Train ``cfg``; each iteration advances the budget's clock by ``step_s``, each
     evaluation by ``eval_s``. Returns (trainer, lr per iteration, evaluation clock times,
     clock at the end)."""
@@ -73,7 +73,7 @@ def train_on_fake_clock(cfg, monkeypatch, step_s, eval_s, resume=False):
         return original_test(cls, cfg, model, evaluators)
 
     monkeypatch.setattr(Trainer, "test", classmethod(test))
-    trainer = Trainer(cfg)
+    trainer = trainer_class(cfg)
     run_step = trainer._trainer.run_step
 
     def timed_step():
@@ -171,3 +171,29 @@ def test_a_resumed_run_keeps_the_saved_plan(budget_data, tmp_path, monkeypatch):
     )
     assert resumed.start_iter == 20 and resumed.max_iter == planned == resumed.iter
     assert len(lrs) == planned - 20
+
+
+class CosineTrainer(Trainer):
+    """A trainer whose own lr scheduler (cosine, whatever the config says) the budget follows."""
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupCosineLR"
+        return super().build_lr_scheduler(cfg, optimizer)
+
+
+def test_the_planned_lr_comes_from_the_trainers_own_scheduler(budget_data, tmp_path, monkeypatch):
+    """The plan rebuilds the trainer's ``build_lr_scheduler`` with the planned iteration count:
+    a cosine schedule of 40 configured iterations reaches its half value half-way through the
+    ~56 planned ones and ends near 0, not at 40."""
+    extra = ["SOLVER.TIME_BUDGET_S", "30", "TEST.EVAL_PERIOD", "0", "SOLVER.MAX_ITER", "40"]
+    cfg = budget_cfg(tmp_path, extra + ["SOLVER.STEPS", "(32,)"])
+    trainer, lrs, _, _ = train_on_fake_clock(
+        cfg, monkeypatch, 0.5, 2.0, trainer_class=CosineTrainer
+    )
+    iterations = trainer.max_iter
+    assert iterations > 50 and len(lrs) == iterations
+    assert lrs[iterations // 2] == pytest.approx(0.0005, rel=0.05)
+    assert lrs[-1] < 0.01 * 0.001 and min(lrs[:40]) > 0.01 * 0.001

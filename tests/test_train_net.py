@@ -15,26 +15,22 @@ import train_net  # noqa: E402
 from solo_d2.data import generate_shapes_dataset, register_coco_dataset  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "SOLO_shapes_quick.yaml")
-# A handful of 128 px shapes images, trained and evaluated on themselves (an overfit run).
+# A handful of 128 px shapes images, trained and evaluated on themselves (an overfit run), with
+# the quick configs' thin backbone and lr: mask AP 63-69 for the four heads after 120 iterations
+# (2026-12-03; > 30 is asserted, an untrained model scores ~0).
 OVERFIT_SETTINGS = {
     "INPUT.MIN_SIZE_TRAIN": "(128,)",
     "INPUT.MAX_SIZE_TRAIN": 128,
     "INPUT.MIN_SIZE_TEST": 128,
     "INPUT.MAX_SIZE_TEST": 128,
     "INPUT.RANDOM_FLIP": "none",
-    "SOLVER.IMS_PER_BATCH": 4,  # the overfit runs keep the batch and lr they were calibrated with
-    "SOLVER.BASE_LR": 0.001,
-    "SOLVER.MAX_ITER": 200,
-    "SOLVER.STEPS": "(170,)",
+    "SOLVER.IMS_PER_BATCH": 4,
+    "SOLVER.BASE_LR": 0.003,
+    "SOLVER.MAX_ITER": 120,
+    "SOLVER.STEPS": "(100,)",
     "SOLVER.WARMUP_ITERS": 20,
     "TEST.EVAL_PERIOD": 0,
     "SEED": 1,
-    # ... and the ResNet-18-FPN widths (64 channels) they were calibrated with
-    "MODEL.BASIC_RESNET.WIDTH": 64,
-    "MODEL.FPN.OUT_CHANNELS": 64,
-    "MODEL.SOLO.FEAT_CHANNELS": 64,
-    "MODEL.SOLO.KERNEL_CHANNELS": 64,
-    "MODEL.SOLO.MASK_FEATURE_CHANNELS": 64,
 }
 OVERFIT_OPTS = [str(item) for pair in OVERFIT_SETTINGS.items() for item in pair]
 
@@ -126,7 +122,7 @@ def tiny_dataset_args(json_file, image_dir, train=True):
 
 @pytest.fixture(scope="module", params=["SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light", "SOLOv2"])
 def overfit_run(request, tiny_shapes, tmp_path_factory):
-    """Train a head on 8 images for 200 iterations, evaluating on the same images at the end."""
+    """Train a head on 8 images for 120 iterations, evaluating on the same images at the end."""
     head = request.param
     output = str(tmp_path_factory.mktemp(f"overfit_{head}"))
     proc = run(
@@ -160,8 +156,11 @@ def test_eval_only_reproduces_the_final_evaluation(overfit_run, tiny_shapes):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("overfit_run", ["SOLO", "SOLOv2"], indirect=True)
 def test_predict_tool_writes_pictures_and_json(overfit_run, tiny_shapes, tmp_path):
-    """Also: an unreadable file among the inputs is skipped with a message naming it."""
+    """Also: an unreadable file among the inputs is skipped with a message naming it. For the
+    two mask paradigms (S^2 mask channels, dynamic kernels): the tool's own code does not
+    depend on the head, and --eval-only above runs every head's trained checkpoint."""
     head, output, _ = overfit_run
     _, image_dir = tiny_shapes
     inputs = tmp_path / "inputs"

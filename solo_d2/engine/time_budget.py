@@ -20,17 +20,14 @@ import logging
 import math
 import statistics
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
-from fvcore.common.param_scheduler import (
-    CosineParamScheduler,
-    MultiStepParamScheduler,
-    ParamScheduler,
-)
+import torch
+from fvcore.common.param_scheduler import ParamScheduler
 
 from detectron2.data import DatasetCatalog
 from detectron2.engine import HookBase, hooks
-from detectron2.solver import LRMultiplier, WarmupParamScheduler
+from detectron2.solver import LRMultiplier, build_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 
@@ -88,29 +85,24 @@ def scaled_schedule(
     return SchedulePlan(max_iter, steps, [e for e in evals if 0 < e < max_iter])
 
 
-def lr_multiplier(cfg, plan: SchedulePlan) -> ParamScheduler:
-    """The lr multiplier of Detectron2's ``build_lr_scheduler`` for ``plan``."""
-    name = cfg.SOLVER.LR_SCHEDULER_NAME
-    if name == "WarmupMultiStepLR":
-        steps = [s for s in plan.steps if s < plan.max_iter]  # fvcore: milestones < updates
-        schedule = MultiStepParamScheduler(
-            values=[cfg.SOLVER.GAMMA**k for k in range(len(steps) + 1)],
-            milestones=steps,
-            num_updates=plan.max_iter,
+def lr_multiplier(
+    cfg, plan: SchedulePlan, build_lr_scheduler: Callable = build_lr_scheduler
+) -> ParamScheduler:
+    """The lr multiplier that ``build_lr_scheduler`` (Detectron2's, or a trainer's override)
+    makes for ``cfg`` with ``plan``'s iteration count and lr steps. It is built on a throwaway
+    optimizer, so that the trainer's own is left alone."""
+    planned = cfg.clone()
+    planned.defrost()
+    planned.SOLVER.MAX_ITER = plan.max_iter
+    planned.SOLVER.STEPS = tuple(s for s in plan.steps if s < plan.max_iter)  # fvcore: < updates
+    throwaway = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_lr_scheduler(planned, throwaway)
+    if not isinstance(scheduler, LRMultiplier):
+        raise TypeError(
+            f"SOLVER.TIME_BUDGET_S needs Detectron2's LRMultiplier scheduler, got "
+            f"{type(scheduler).__name__}"
         )
-    elif name == "WarmupCosineLR":
-        schedule = CosineParamScheduler(1, 0)
-    else:
-        raise ValueError(
-            f"SOLVER.TIME_BUDGET_S supports SOLVER.LR_SCHEDULER_NAME WarmupMultiStepLR and "
-            f"WarmupCosineLR, not {name!r}"
-        )
-    return WarmupParamScheduler(
-        schedule,
-        cfg.SOLVER.WARMUP_FACTOR,
-        min(cfg.SOLVER.WARMUP_ITERS / plan.max_iter, 1.0),
-        cfg.SOLVER.WARMUP_METHOD,
-    )
+    return scheduler._multiplier
 
 
 def plan_iterations(
@@ -263,7 +255,7 @@ class TimeBudget(HookBase):
                 f"SOLVER.TIME_BUDGET_S needs Detectron2's LRMultiplier scheduler, got "
                 f"{type(scheduler).__name__}"
             )
-        scheduler._multiplier = lr_multiplier(self.cfg, plan)
+        scheduler._multiplier = lr_multiplier(self.cfg, plan, trainer.build_lr_scheduler)
         scheduler._max_iter = plan.max_iter
         # the lr of the coming iteration under the new plan (scheduler.last_epoch == iter)
         for group, lr in zip(trainer.optimizer.param_groups, scheduler.get_lr()):

@@ -31,6 +31,7 @@ def pytest_collection_modifyitems(session, config, items):
         slow_per_file[item.fspath] += item.get_closest_marker("slow") is not None
     items.sort(key=lambda item: -slow_per_file[item.fspath])  # stable: same order per worker
 
+
 TINY_OVERRIDES = [
     "MODEL.DEVICE",
     "cpu",

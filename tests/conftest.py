@@ -48,6 +48,10 @@ TINY_OVERRIDES = [
     "32",
     "MODEL.FPN.NORM",
     "GN",
+    # random weights: GroupNorm everywhere (BatchNorm in eval mode with fresh running statistics
+    # would normalise nothing; SOLOv2's quick config has BN in the head)
+    "MODEL.SOLO.NORM",
+    "GN",
     "MODEL.SOLO.NUM_CLASSES",
     "3",
     "MODEL.SOLO.NUM_GRIDS",

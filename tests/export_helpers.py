@@ -18,7 +18,7 @@ SHAPES_256 = ["INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256"]
 SHAPES_256_MODEL = ["MODEL.BASIC_RESNET.WIDTH", "64", "MODEL.FPN.OUT_CHANNELS", "64"]
 SHAPES_256_MODEL += ["MODEL.SOLO.FEAT_CHANNELS", "64", "MODEL.SOLO.KERNEL_CHANNELS", "64"]
 SHAPES_256_MODEL += ["MODEL.SOLO.MASK_FEATURE_CHANNELS", "64"]
-SHAPES_256_MODEL += ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN"]
+SHAPES_256_MODEL += ["MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN", "MODEL.SOLO.NORM", "GN"]
 SHAPES_256_MODEL += ["MODEL.SOLO.NUM_GRIDS", "[24, 20, 14, 10, 8]"]
 SHAPES_256_MODEL += [
     "MODEL.SOLO.SCALE_RANGES",
@@ -61,6 +61,22 @@ def make_detecting(model, cate_bias=-3.5):
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
             else:
                 param.fill_(bias)
+    return model
+
+
+def calibrate_batch_norm(model, images):
+    """Give the BatchNorm layers of a random-weight ``model`` the statistics of ``images`` (as
+    training would), so that in eval mode they normalise; ``model`` stays in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the images
+        norm.train()
+    with torch.no_grad():
+        for image in images:
+            model([{"image": image}])
+    for norm in norms:
+        norm.eval()
     return model
 
 

@@ -46,6 +46,7 @@ from export_helpers import (
     SHAPES_256_MODEL,
     as_input,
     assert_same_detections,
+    calibrate_batch_norm,
     eager_outputs,
     load_tool,
     make_detecting,
@@ -235,6 +236,29 @@ def test_deformable_convs_export_as_onnx_deform_conv(tmp_path):
     module, _ = load_torchscript(export_torchscript(model, str(tmp_path / "dcn.ts"), image))
     with torch.no_grad():
         assert_same_detections(expected, module(image), "SOLOv2 DCN TorchScript")
+
+
+def test_a_batch_norm_head_exports_like_eager(tmp_path):
+    """SOLOv2's quick config has BatchNorm in the head (towers and mask features): in eval mode
+    a fixed affine map, and ONNX Runtime and TorchScript give eager's detections."""
+    cfg = tiny_cfg(
+        "configs/SOLOv2_shapes_quick.yaml",
+        ["MODEL.SOLO.NORM", "BN", "MODEL.SOLO.SCORE_THRESH_TEST", "0.1"],
+    )
+    torch.manual_seed(0)
+    images = [as_input(synthetic_image(200, 296, seed)) for seed in range(3)]
+    model = calibrate_batch_norm(make_detecting(build_model(cfg).eval()), images[1:])
+    norms = [m for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(n.num_batches_tracked > 0 for n in norms)
+    image = images[0]
+    expected = eager_outputs(model, image)
+    assert len(expected[1]) >= 3
+    path = export_onnx(model, str(tmp_path / "bn.onnx"), image)
+    got = ort.InferenceSession(path).run(None, {"image": image.numpy()})
+    assert_same_detections(expected, got, "SOLOv2 BN ONNX")
+    module, _ = load_torchscript(export_torchscript(model, str(tmp_path / "bn.ts"), image))
+    with torch.no_grad():
+        assert_same_detections(expected, module(image), "SOLOv2 BN TorchScript")
 
 
 @pytest.fixture(scope="module")

@@ -65,6 +65,12 @@ def add_solo_config(cfg):
     # 2 (solo_d2: upsampled x2 and refined by one 3x3 conv; finer masks of small objects, for
     # ~20 % more time per step; docs/BENCHMARKS.md).
     _C.MASK_FEATURE_STRIDE = 4
+    # SOLOv2: stride of the masks (1, 2 or 4; 0: MASK_FEATURE_STRIDE, the original). A finer
+    # stride upsamples the dynamic conv's logits bilinearly before the sigmoid, and the Dice loss
+    # compares them with gt masks at that stride, so that a mask's outline is learned between the
+    # feature pixels; inference binarises, rescores and compares the masks at that stride too.
+    # Costs only the Dice and inference at the finer size (docs/BENCHMARKS.md).
+    _C.MASK_OUTPUT_STRIDE = 0
     # SOLOv2: make every conv of the mask-feature branch deformable, the 1x1 output conv included
     # (the SOLOv2 R101/X101 DCN models).
     _C.USE_DCN_IN_MASK_FEATURES = False

@@ -238,6 +238,26 @@ def test_deformable_convs_export_as_onnx_deform_conv(tmp_path):
         assert_same_detections(expected, module(image), "SOLOv2 DCN TorchScript")
 
 
+def test_finer_mask_output_stride_exports_like_eager(tmp_path):
+    """MODEL.SOLO.MASK_OUTPUT_STRIDE 2 (upsampled logits, masks compared at H/2) gives eager's
+    detections in ONNX Runtime and TorchScript."""
+    cfg = tiny_cfg(
+        "configs/SOLOv2_shapes_quick.yaml",
+        ["MODEL.SOLO.SCORE_THRESH_TEST", "0.1", "MODEL.SOLO.MASK_OUTPUT_STRIDE", "2"],
+    )
+    torch.manual_seed(0)
+    model = make_detecting(build_model(cfg).eval())
+    image = as_input(synthetic_image(200, 296, seed=1))
+    path = export_onnx(model, str(tmp_path / "fine.onnx"), image)
+    got = ort.InferenceSession(path).run(None, {"image": image.numpy()})
+    expected = eager_outputs(model, image)
+    assert len(expected[1]) >= 3
+    assert_same_detections(expected, got, "SOLOv2 stride-2 masks ONNX")
+    module, _ = load_torchscript(export_torchscript(model, str(tmp_path / "fine.ts"), image))
+    with torch.no_grad():
+        assert_same_detections(expected, module(image), "SOLOv2 stride-2 masks TorchScript")
+
+
 def test_a_batch_norm_head_exports_like_eager(tmp_path):
     """SOLOv2's quick config has BatchNorm in the head (towers and mask features): in eval mode
     a fixed affine map, and ONNX Runtime and TorchScript give eager's detections."""

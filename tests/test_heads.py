@@ -279,3 +279,54 @@ def test_solov2_mask_feature_stride_2_gives_masks_and_targets_at_half_resolution
         build_model(
             tiny_cfg(extra=["MODEL.SOLO.HEAD", "SOLOv2", "MODEL.SOLO.MASK_FEATURE_STRIDE", "8"])
         )
+
+
+@pytest.mark.parametrize("output_stride", [2, 1])
+def test_solov2_mask_output_stride_upsamples_the_logits(output_stride):
+    """MODEL.SOLO.MASK_OUTPUT_STRIDE: the same weights as the stride-4 model; the masks are the
+    sigmoid of the bilinearly upsampled logits, targets and inference at the finer stride."""
+    coarse = build("SOLOv2").eval()
+    fine = build("SOLOv2", ["MODEL.SOLO.MASK_OUTPUT_STRIDE", str(output_stride)]).eval()
+    fine.load_state_dict(coarse.state_dict())
+    assert fine.head.mask_stride == fine.post_processor.mask_stride == output_stride
+    inputs = batch()
+    images = coarse.preprocess_image(inputs)
+    height, width = images.tensor.shape[-2:]
+    with torch.no_grad():
+        features = [coarse.backbone(images.tensor)[f] for f in coarse.in_features]
+        outputs = coarse.head(features)
+        cells, image_idx = torch.tensor([0, 5, 17]), torch.tensor([0, 0, 2])
+        coarse_probs = coarse.head.mask_probs(outputs, 1, image_idx, cells)
+        fine_probs = fine.head.mask_probs(outputs, 1, image_idx, cells)
+    assert coarse_probs.shape[-2:] == (height // 4, width // 4)
+    assert fine_probs.shape[-2:] == (height // output_stride, width // output_stride)
+    expected = F.interpolate(
+        torch.logit(coarse_probs.double())[None],
+        size=fine_probs.shape[-2:],
+        mode="bilinear",
+        align_corners=False,
+    )[0].sigmoid()
+    torch.testing.assert_close(fine_probs.double(), expected, atol=1e-5, rtol=1e-4)
+    # upsampled probabilities would differ: the key changes the masks' outlines
+    assert not torch.allclose(fine_probs, resize(coarse_probs, fine_probs.shape[-2:]), atol=1e-4)
+
+    fine.train()
+    targets = [fine.build_targets(x, images.tensor.shape[-2:]) for x in inputs]
+    assert targets[0][0].masks.shape[-2:] == (height // output_stride, width // output_stride)
+    losses = fine(inputs)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_ins"] > 0
+    fine.eval()
+    with torch.no_grad():
+        result = fine(inputs)[0]["instances"]
+    assert result.pred_masks.shape[-2:] == tuple(inputs[0]["image"].shape[-2:])
+
+
+def test_solov2_mask_output_stride_must_divide_the_feature_stride():
+    for stride in ("3", "8"):
+        with pytest.raises(ValueError, match="MASK_OUTPUT_STRIDE must be 0 or 1, 2 or 4"):
+            build("SOLOv2", ["MODEL.SOLO.MASK_OUTPUT_STRIDE", stride])
+    with pytest.raises(ValueError, match="MASK_OUTPUT_STRIDE must be 0 or 1, 2 or 4"):
+        build(
+            "SOLOv2", ["MODEL.SOLO.MASK_FEATURE_STRIDE", "2", "MODEL.SOLO.MASK_OUTPUT_STRIDE", "4"]
+        )

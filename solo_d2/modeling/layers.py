@@ -173,9 +173,9 @@ def resize_probs(probs: torch.Tensor, size: Optional[Tuple[int, int]]) -> torch.
     """Bilinear resize of Float[K, h, w] to ``size`` (no-op when None or equal)."""
     if size is None or tuple(probs.shape[-2:]) == tuple(size):
         return probs
-    if is_exporting():
-        # K may be 0 in the graph: K as the batch dim (an empty batch is valid, an empty channel
-        # dim is not). Same values, up to float rounding.
+    if is_exporting() or len(probs) == 0:
+        # K may be 0 (in the graph too): K as the batch dim (an empty batch is valid, an empty
+        # channel dim is not). Same values, up to float rounding.
         probs = F.interpolate(probs[:, None], size=size, mode="bilinear", align_corners=False)
         return probs.flatten(0, 1)  # a reshape (squeeze exports as a copy inside an If)
     return F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]

@@ -105,11 +105,25 @@ class SOLOv2Head(SOLOHeadBase):
         num_mask_feature_levels: int,
         use_dcn_in_mask_features: bool,
         mask_feature_stride: int = 4,
+        mask_output_stride: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.num_mask_feature_levels = num_mask_feature_levels
-        self.mask_stride = mask_feature_stride
+        if mask_feature_stride not in (2, 4):
+            raise ValueError(
+                f"MODEL.SOLO.MASK_FEATURE_STRIDE must be 4 or 2, got {mask_feature_stride}"
+            )
+        mask_output_stride = mask_output_stride or mask_feature_stride
+        if mask_output_stride not in (1, 2, 4) or mask_feature_stride % mask_output_stride:
+            raise ValueError(
+                "MODEL.SOLO.MASK_OUTPUT_STRIDE must be 0 or 1, 2 or 4 and divide "
+                f"MODEL.SOLO.MASK_FEATURE_STRIDE ({mask_feature_stride}), got {mask_output_stride}"
+            )
+        # The masks' stride (targets, Dice, inference); the logits at the feature stride are
+        # upsampled by this factor before the sigmoid.
+        self.mask_stride = mask_output_stride
+        self.mask_upsample = mask_feature_stride // mask_output_stride
         self.kernel_tower = self.tower(self.in_channels + 2)
         self.kernel_pred = nn.Conv2d(self.feat_channels, kernel_channels, kernel_size=3, padding=1)
         init_conv(self.kernel_tower)
@@ -133,6 +147,7 @@ class SOLOv2Head(SOLOHeadBase):
             num_mask_feature_levels=cfg.MODEL.SOLO.NUM_MASK_FEATURE_LEVELS,
             use_dcn_in_mask_features=cfg.MODEL.SOLO.USE_DCN_IN_MASK_FEATURES,
             mask_feature_stride=cfg.MODEL.SOLO.MASK_FEATURE_STRIDE,
+            mask_output_stride=cfg.MODEL.SOLO.MASK_OUTPUT_STRIDE,
         )
         return args
 
@@ -161,4 +176,7 @@ class SOLOv2Head(SOLOHeadBase):
         kernel_map, mask_features = outputs.mask_data[level]
         kernels = kernel_map.flatten(2)[image_idx, :, cells]  # [K, E]
         logits = per_sample_conv(mask_features, image_idx, kernels[:, :, None, None])
+        if self.mask_upsample > 1:  # MASK_OUTPUT_STRIDE: the logits, not the probabilities
+            height, width = logits.shape[-2:]
+            logits = resize_probs(logits, (height * self.mask_upsample, width * self.mask_upsample))
         return resize_probs(logits.sigmoid(), out_size)

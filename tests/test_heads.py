@@ -284,7 +284,8 @@ def test_solov2_mask_feature_stride_2_gives_masks_and_targets_at_half_resolution
 @pytest.mark.parametrize("output_stride", [2, 1])
 def test_solov2_mask_output_stride_upsamples_the_logits(output_stride):
     """MODEL.SOLO.MASK_OUTPUT_STRIDE: the same weights as the stride-4 model; the masks are the
-    sigmoid of the bilinearly upsampled logits, targets and inference at the finer stride."""
+    sigmoid of the bilinearly upsampled logits (the head upsamples the features, which a 1x1
+    dynamic conv commutes with), targets and inference at the finer stride."""
     coarse = build("SOLOv2").eval()
     fine = build("SOLOv2", ["MODEL.SOLO.MASK_OUTPUT_STRIDE", str(output_stride)]).eval()
     fine.load_state_dict(coarse.state_dict())
@@ -297,7 +298,7 @@ def test_solov2_mask_output_stride_upsamples_the_logits(output_stride):
         outputs = coarse.head(features)
         cells, image_idx = torch.tensor([0, 5, 17]), torch.tensor([0, 0, 2])
         coarse_probs = coarse.head.mask_probs(outputs, 1, image_idx, cells)
-        fine_probs = fine.head.mask_probs(outputs, 1, image_idx, cells)
+        fine_probs = fine.head.mask_probs(fine.head(features), 1, image_idx, cells)
     assert coarse_probs.shape[-2:] == (height // 4, width // 4)
     assert fine_probs.shape[-2:] == (height // output_stride, width // output_stride)
     expected = F.interpolate(

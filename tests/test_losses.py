@@ -29,6 +29,31 @@ def test_l1_dice_hand_case():
     assert torch.allclose(dice_loss(probs, targets.float()), loss)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_l1_dice_gradient_matches_the_formula_differentiated_by_autograd(dtype):
+    """dice_loss writes its gradient out: it equals autograd's through the per-element formula
+    (in float64), for an empty target, an empty prediction, and the input's dtype."""
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(5, 7, 6, generator=generator).to(dtype)
+    probs[3] = 0  # empty prediction
+    targets = torch.rand(5, 7, 6, generator=generator) > 0.6
+    targets[4] = False  # empty target
+    weights = torch.rand(5, generator=generator)
+
+    probs.requires_grad_(True)
+    loss = dice_loss(probs, targets)
+    (loss * weights).sum().backward()
+    assert loss.dtype == torch.float32 and probs.grad.dtype == dtype
+
+    reference = probs.detach().double().requires_grad_(True)
+    p, t = reference.flatten(1), targets.flatten(1).double()
+    expected = 1 - 2 * (p * t).sum(1) / (((p**2).sum(1) + EPS) + ((t**2).sum(1) + EPS))
+    (expected * weights.double()).sum().backward()
+    tolerance = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(loss.double(), expected.detach(), **tolerance)
+    torch.testing.assert_close(probs.grad.double(), reference.grad, **tolerance)
+
+
 def test_l1_dice_per_sample_perfect_and_empty():
     perfect = torch.zeros(4, 4)
     perfect[1:3, 0:4] = 1.0  # 8 pixels

@@ -148,18 +148,21 @@ def per_sample_conv(
         bias = None if bias is None else append_zero_item(bias)
         return F.conv2d(features, weights, bias, padding=weights.shape[-1] // 2)[0, :-1]
     batch, _, height, width = features.shape
+    # One unbind, not B slices: its backward stacks the B gradients once instead of adding B
+    # zero-padded full-size ones (a large part of a SOLOv2 step at H/2).
+    per_image = features.unbind(0)
     pieces, order = [], []
     for b in range(batch):
         selected = (image_idx == b).nonzero()[:, 0]
         if len(selected):
             out = F.conv2d(
-                features[b : b + 1],
+                per_image[b][None],
                 weights[selected],
                 None if bias is None else bias[selected],
                 padding=weights.shape[-1] // 2,
             )[0]
         else:
-            anchor = features[b].sum() + weights.sum() + (0 if bias is None else bias.sum())
+            anchor = per_image[b].sum() + weights.sum() + (0 if bias is None else bias.sum())
             out = features.new_zeros((0, height, width)) + 0 * anchor
         pieces.append(out)
         order.append(selected)

@@ -158,6 +158,14 @@ class SOLOv2Head(SOLOHeadBase):
         outputs = super().forward(features)
         # The unified map reads the original P2..P5 (not the split levels).
         mask_features = self.mask_features(features[: self.num_mask_feature_levels])
+        if self.mask_upsample > 1:
+            # MASK_OUTPUT_STRIDE: the dynamic convs are 1x1, and a 1x1 conv commutes with a
+            # per-channel bilinear resize, so upsampling the E feature channels once gives each
+            # sample's logits upsampled, for far less work than resizing K masks (and their
+            # gradients) when K >> E.
+            mask_features = F.interpolate(
+                mask_features, scale_factor=self.mask_upsample, mode="bilinear", align_corners=False
+            )
         return SOLOHeadOutputs(outputs.cate_logits, [(k, mask_features) for k in outputs.mask_data])
 
     def forward_mask(self, levels):
@@ -176,7 +184,4 @@ class SOLOv2Head(SOLOHeadBase):
         kernel_map, mask_features = outputs.mask_data[level]
         kernels = kernel_map.flatten(2)[image_idx, :, cells]  # [K, E]
         logits = per_sample_conv(mask_features, image_idx, kernels[:, :, None, None])
-        if self.mask_upsample > 1:  # MASK_OUTPUT_STRIDE: the logits, not the probabilities
-            height, width = logits.shape[-2:]
-            logits = resize_probs(logits, (height * self.mask_upsample, width * self.mask_upsample))
         return resize_probs(logits.sigmoid(), out_size)

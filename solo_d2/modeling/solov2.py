@@ -110,20 +110,6 @@ class SOLOv2Head(SOLOHeadBase):
     ):
         super().__init__(**kwargs)
         self.num_mask_feature_levels = num_mask_feature_levels
-        if mask_feature_stride not in (2, 4):
-            raise ValueError(
-                f"MODEL.SOLO.MASK_FEATURE_STRIDE must be 4 or 2, got {mask_feature_stride}"
-            )
-        mask_output_stride = mask_output_stride or mask_feature_stride
-        if mask_output_stride not in (1, 2, 4) or mask_feature_stride % mask_output_stride:
-            raise ValueError(
-                "MODEL.SOLO.MASK_OUTPUT_STRIDE must be 0 or 1, 2 or 4 and divide "
-                f"MODEL.SOLO.MASK_FEATURE_STRIDE ({mask_feature_stride}), got {mask_output_stride}"
-            )
-        # The masks' stride (targets, Dice, inference); the logits at the feature stride are
-        # upsampled by this factor before the sigmoid.
-        self.mask_stride = mask_output_stride
-        self.mask_upsample = mask_feature_stride // mask_output_stride
         self.kernel_tower = self.tower(self.in_channels + 2)
         self.kernel_pred = nn.Conv2d(self.feat_channels, kernel_channels, kernel_size=3, padding=1)
         init_conv(self.kernel_tower)
@@ -135,8 +121,18 @@ class SOLOv2Head(SOLOHeadBase):
             num_mask_feature_levels,
             self.norm,
             deformable=use_dcn_in_mask_features,
-            stride=mask_feature_stride,
+            stride=mask_feature_stride,  # validated there
         )
+        mask_output_stride = mask_output_stride or mask_feature_stride
+        if mask_output_stride not in (1, 2, 4) or mask_feature_stride % mask_output_stride:
+            raise ValueError(
+                "MODEL.SOLO.MASK_OUTPUT_STRIDE must be 0 or 1, 2 or 4 and divide "
+                f"MODEL.SOLO.MASK_FEATURE_STRIDE ({mask_feature_stride}), got {mask_output_stride}"
+            )
+        # The masks' stride (targets, Dice, inference); the features are upsampled by this
+        # factor before the dynamic convs.
+        self.mask_stride = mask_output_stride
+        self.mask_upsample = mask_feature_stride // mask_output_stride
 
     @classmethod
     def from_config(cls, cfg, input_shape):

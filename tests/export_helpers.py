@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from conftest import REPO
+from solo_d2.export import export_onnx, export_torchscript, load_torchscript
 from solo_d2.export.verify import match_detections
 
 MODELS = ["SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light", "SOLOv2"]
@@ -95,6 +96,23 @@ def assert_same_detections(expected, got, what):
     report = match_detections(expected, got, score_tol=1e-4, min_iou=0.99)
     assert report["ok"], f"{what}: {report}"
     return report
+
+
+def assert_exports_like_eager(model, image, folder, what, min_detections=3):
+    """Export ``model`` (eval mode) to ONNX and TorchScript in ``folder``, traced on ``image``
+    (Float[3, H, W]), and check that ONNX Runtime and TorchScript give eager's detections of
+    it, of which there must be at least ``min_detections``. Returns the ONNX file's path."""
+    import onnxruntime as ort
+
+    expected = eager_outputs(model, image)
+    assert len(expected[1]) >= min_detections, f"{what}: the test model should detect something"
+    path = export_onnx(model, str(folder / "model.onnx"), image)
+    got = ort.InferenceSession(path).run(None, {"image": image.numpy()})
+    assert_same_detections(expected, got, f"{what} ONNX")
+    module, _ = load_torchscript(export_torchscript(model, str(folder / "model.ts"), image))
+    with torch.no_grad():
+        assert_same_detections(expected, module(image), f"{what} TorchScript")
+    return path
 
 
 def load_tool(name):

@@ -45,6 +45,7 @@ from export_helpers import (
     SHAPES_256,
     SHAPES_256_MODEL,
     as_input,
+    assert_exports_like_eager,
     assert_same_detections,
     calibrate_batch_norm,
     eager_outputs,
@@ -227,15 +228,8 @@ def test_deformable_convs_export_as_onnx_deform_conv(tmp_path):
     image = as_input(synthetic_image(200, 296, seed=1))
     with pytest.raises(ExportError, match="deform_conv2d.*DeformConv.*DCN_TOWER_LAYERS"):
         export_onnx(model, str(tmp_path / "old.onnx"), image, opset=17)
-    path = export_onnx(model, str(tmp_path / "dcn.onnx"), image)
+    path = assert_exports_like_eager(model, image, tmp_path, "SOLOv2 DCN")
     assert "DeformConv" in {node.op_type for node in onnx.load(path).graph.node}
-    got = ort.InferenceSession(path).run(None, {"image": image.numpy()})
-    expected = eager_outputs(model, image)
-    assert len(expected[1]) >= 3
-    assert_same_detections(expected, got, "SOLOv2 DCN ONNX")
-    module, _ = load_torchscript(export_torchscript(model, str(tmp_path / "dcn.ts"), image))
-    with torch.no_grad():
-        assert_same_detections(expected, module(image), "SOLOv2 DCN TorchScript")
 
 
 def test_finer_mask_output_stride_exports_like_eager(tmp_path):
@@ -248,14 +242,7 @@ def test_finer_mask_output_stride_exports_like_eager(tmp_path):
     torch.manual_seed(0)
     model = make_detecting(build_model(cfg).eval())
     image = as_input(synthetic_image(200, 296, seed=1))
-    path = export_onnx(model, str(tmp_path / "fine.onnx"), image)
-    got = ort.InferenceSession(path).run(None, {"image": image.numpy()})
-    expected = eager_outputs(model, image)
-    assert len(expected[1]) >= 3
-    assert_same_detections(expected, got, "SOLOv2 stride-2 masks ONNX")
-    module, _ = load_torchscript(export_torchscript(model, str(tmp_path / "fine.ts"), image))
-    with torch.no_grad():
-        assert_same_detections(expected, module(image), "SOLOv2 stride-2 masks TorchScript")
+    assert_exports_like_eager(model, image, tmp_path, "SOLOv2 stride-2 masks")
 
 
 def test_a_batch_norm_head_exports_like_eager(tmp_path):
@@ -270,15 +257,7 @@ def test_a_batch_norm_head_exports_like_eager(tmp_path):
     model = calibrate_batch_norm(make_detecting(build_model(cfg).eval()), images[1:])
     norms = [m for m in model.head.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and all(n.num_batches_tracked > 0 for n in norms)
-    image = images[0]
-    expected = eager_outputs(model, image)
-    assert len(expected[1]) >= 3
-    path = export_onnx(model, str(tmp_path / "bn.onnx"), image)
-    got = ort.InferenceSession(path).run(None, {"image": image.numpy()})
-    assert_same_detections(expected, got, "SOLOv2 BN ONNX")
-    module, _ = load_torchscript(export_torchscript(model, str(tmp_path / "bn.ts"), image))
-    with torch.no_grad():
-        assert_same_detections(expected, module(image), "SOLOv2 BN TorchScript")
+    assert_exports_like_eager(model, images[0], tmp_path, "SOLOv2 BN")
 
 
 @pytest.fixture(scope="module")

@@ -256,3 +256,24 @@ def test_accuracy_run_fits_the_schedule_to_the_budget_and_records_the_curve(tmp_
     assert [point["iteration"] for point in result["curve"]] == [19, 40]
     mask_ap = result["curve"][-1]["mask_ap"]  # the COCOEvaluator's (NaN: no detection yet)
     assert mask_ap is not None and (mask_ap != mask_ap or 0.0 <= mask_ap <= 100.0)
+
+
+def test_mask_target_ceiling_is_exact_at_stride_1_and_rounds_odd_edges_at_stride_2():
+    """benchmarks.mask_target_ceiling: a perfect prediction of a stride-1 target draws every
+    gt mask exactly; at stride 2 the binary target (rule T6) rounds the odd edges of a 9 px
+    square (pixels 3..11) outwards to rows and columns 2..11 (IoU ~0.8, the corners drawn
+    a little rounder), while the area fractions give the square back up to its corners."""
+    from detectron2.data import DatasetCatalog
+    from benchmarks.mask_target_ceiling import ceiling
+
+    square = [[3.0, 3.0, 12.0, 3.0, 12.0, 12.0, 3.0, 12.0]]  # pixels 3..11
+    record = {"height": 32, "width": 32, "annotations": [{"segmentation": square}]}
+    name = "mask_target_ceiling_test"
+    DatasetCatalog.register(name, lambda: [record])
+    try:
+        assert ceiling(name, 1, soft=False)["mean_iou"] == 1.0
+        binary, soft = ceiling(name, 2, soft=False), ceiling(name, 2, soft=True)
+        assert binary["objects"] == 1 and 0.75 < binary["mean_iou"] < 0.85
+        assert soft["mean_iou"] > 0.95 and soft["iou>=0.95"] == 1.0 and binary["iou>=0.85"] == 0.0
+    finally:
+        DatasetCatalog.remove(name)

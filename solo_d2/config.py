@@ -110,6 +110,11 @@ def add_solo_config(cfg):
     # ~11 x 11 px at stride 8; 0 keeps every non-empty mask (the shapes quick configs: small
     # objects, docs/BENCHMARKS.md).
     _C.MASK_AREA_FACTOR_TEST = 1.0
+    # solo_d2: keep only the connected part of each output mask (8-connected, at the mask
+    # stride) that holds its highest probability, dropping stray parts a kernel draws on other
+    # objects, which stretch the mask's box. False is the original; SOLOv2's shapes quick
+    # configs set it. Not exportable (an iterative flood fill): export with it False.
+    _C.KEEP_PEAK_COMPONENT_TEST = False
 
     # Checkpoints. Allow full unpickling (torch.load(weights_only=False)) of MODEL.WEIGHTS files
     # that hold Python objects besides tensors. Unpickling runs code from the file: enable it

@@ -52,6 +52,10 @@ TINY_OVERRIDES = [
     # would normalise nothing; SOLOv2's quick config has BN in the head)
     "MODEL.SOLO.NORM",
     "GN",
+    # SOLOv2's quick configs keep each mask's peak part, which has no graph form: the tiny
+    # models export (tests/test_postprocess.py tests that filter)
+    "MODEL.SOLO.KEEP_PEAK_COMPONENT_TEST",
+    "False",
     "MODEL.SOLO.NUM_CLASSES",
     "3",
     "MODEL.SOLO.NUM_GRIDS",

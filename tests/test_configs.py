@@ -171,6 +171,9 @@ def test_mask_rcnn_of_the_accuracy_benchmark_shares_backbone_data_and_schedule()
     assert rcnn.MODEL.ROI_HEADS.NUM_CLASSES == solo.MODEL.SOLO.NUM_CLASSES
     assert rcnn.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 512  # the model zoo's, unless tuned
     rois = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"]
-    dense = accuracy_config("MaskRCNN", rois, "shapes_dense")
-    assert dense.DATASETS.TRAIN == ("shapes_dense_train",) and dense.SOLVER == solo.SOLVER
+    dense, solo_dense = accuracy_config("MaskRCNN", rois, "shapes_dense"), accuracy_config(
+        "SOLOv2", (), "shapes_dense"
+    )
+    assert dense.DATASETS.TRAIN == ("shapes_dense_train",) and dense.SOLVER == solo_dense.SOLVER
+    assert dense.SOLVER.IMS_PER_BATCH == 2  # the dense case's own batch, shared
     assert dense.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 128

@@ -245,6 +245,22 @@ def test_finer_mask_output_stride_exports_like_eager(tmp_path):
     assert_exports_like_eager(model, image, tmp_path, "SOLOv2 stride-2 masks")
 
 
+@pytest.mark.parametrize("name", ["SOLOv2_shapes_quick", "SOLOv2_shapes_dense_quick"])
+def test_a_quick_config_refuses_export_until_its_stray_part_filter_is_off(name, tmp_path):
+    """SOLOv2's quick configs keep each mask's peak part (KEEP_PEAK_COMPONENT_TEST, which has
+    no graph form): export names the key to turn off before it builds or writes anything."""
+    from solo_d2.export import export_from_config
+
+    cfg = get_cfg()
+    solo_d2.add_solo_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, f"configs/{name}.yaml"))
+    assert cfg.MODEL.SOLO.KEEP_PEAK_COMPONENT_TEST
+    cfg.merge_from_list(["MODEL.WEIGHTS", str(tmp_path / "missing.pth")])
+    with pytest.raises(ValueError, match="KEEP_PEAK_COMPONENT_TEST False"):
+        export_from_config(cfg, "onnx", str(tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_batch_norm_head_exports_like_eager(tmp_path):
     """SOLOv2's quick config has BatchNorm in the head (towers and mask features): in eval mode
     a fixed affine map, and ONNX Runtime and TorchScript give eager's detections."""
@@ -260,6 +276,10 @@ def test_a_batch_norm_head_exports_like_eager(tmp_path):
     assert_exports_like_eager(model, images[0], tmp_path, "SOLOv2 BN")
 
 
+#: The quick config's stray-part filter has no graph form: export without it, as a user must.
+NO_PEAK_FILTER = ["MODEL.SOLO.KEEP_PEAK_COMPONENT_TEST", "False"]
+
+
 @pytest.fixture(scope="module")
 def cli_export(tmp_path_factory):
     """tools/export_model.py on configs/SOLOv2_shapes_quick.yaml with a checkpoint as the
@@ -268,7 +288,7 @@ def cli_export(tmp_path_factory):
     cfg = get_cfg()
     solo_d2.add_solo_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs/SOLOv2_shapes_quick.yaml"))
-    cfg.merge_from_list(SHAPES_256 + SHAPES_256_MODEL)
+    cfg.merge_from_list(SHAPES_256 + SHAPES_256_MODEL + NO_PEAK_FILTER)
     torch.manual_seed(0)
     model = make_detecting(build_model(cfg).eval(), cate_bias=-5.0)  # wider than the tiny models
     DetectionCheckpointer(model, save_dir=str(folder)).save("model")
@@ -287,6 +307,7 @@ def cli_export(tmp_path_factory):
                 weights,
                 *SHAPES_256,
                 *SHAPES_256_MODEL,
+                *NO_PEAK_FILTER,
             ]
         )
     return {

@@ -229,3 +229,99 @@ def test_i3_mask_area_bound_and_its_factor(factor, kept):
     assert len(result) == kept
     if kept:
         assert result.pred_classes.tolist() == [1] and result.pred_masks.sum() > 6
+
+
+# ----------------------------------------------------------------------------------------------
+# KEEP_PEAK_COMPONENT_TEST (solo_d2): the connected part of a mask around its peak.
+# ----------------------------------------------------------------------------------------------
+def test_peak_components_keep_the_part_with_the_peak_and_diagonal_neighbours():
+    """Mask 0: a 2x2 block with the peak, a pixel touching it only diagonally (8-connected: kept)
+    and a separate 3x3 block (dropped although larger). Mask 1: the peak in the small part keeps
+    the small part. Mask 2: nothing above the threshold stays empty."""
+    from solo_d2.modeling.postprocess import peak_components
+
+    probs = torch.full((3, 8, 8), 0.2)
+    probs[0, 0:2, 0:2] = 0.7
+    probs[0, 0, 0] = 0.95  # the peak
+    probs[0, 2, 2] = 0.6  # diagonal to (1, 1)
+    probs[0, 5:8, 5:8] = 0.9
+    probs[1] = probs[0]
+    probs[1, 6, 6] = 0.99  # now the peak is in the 3x3 block
+    probs[2] = 0.4
+    parts = peak_components(probs, 0.5)
+    expected0 = torch.zeros(8, 8, dtype=torch.bool)
+    expected0[0:2, 0:2] = True
+    expected0[2, 2] = True
+    expected1 = torch.zeros(8, 8, dtype=torch.bool)
+    expected1[5:8, 5:8] = True
+    assert torch.equal(parts[0], expected0)
+    assert torch.equal(parts[1], expected1)
+    assert not parts[2].any()
+    assert peak_components(torch.zeros(0, 8, 8), 0.5).shape == (0, 8, 8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_peak_components_equal_scipy_labels(seed):
+    """Random blobs (a long snake-like part included): the result is scipy's 8-connected
+    component that holds each mask's argmax."""
+    from scipy import ndimage
+
+    from solo_d2.modeling.postprocess import peak_components
+
+    gen = torch.Generator().manual_seed(seed)
+    probs = torch.rand(6, 24, 20, generator=gen)
+    probs = torch.nn.functional.avg_pool2d(probs[:, None], 3, stride=1, padding=1)[:, 0]
+    probs[0] = 0.0
+    probs[0, 1, :] = 0.8  # a snake: the fill needs many passes
+    probs[0, 1:23, 19] = 0.8
+    probs[0, 22, 2:20] = 0.8
+    probs[0, 22, 2] = 0.9
+    parts = peak_components(probs, 0.5)
+    for probs_i, part in zip(probs, parts):
+        labels, _ = ndimage.label((probs_i > 0.5).numpy(), structure=((1, 1, 1),) * 3)
+        peak = divmod(int(probs_i.argmax()), probs_i.shape[1])
+        expected = labels == labels[peak] if labels[peak] else labels < 0
+        assert torch.equal(part, torch.from_numpy(expected))
+    assert parts[0].sum() == 20 + 21 + 17  # the snake whole (its corners counted once)
+
+
+@pytest.mark.parametrize("keep_part", [False, True])
+def test_keep_peak_component_drops_a_stray_part_and_shrinks_the_box(keep_part):
+    """One candidate whose mask has its body and a stray 2x2 part far away: with
+    KEEP_PEAK_COMPONENT_TEST the output mask is the body alone, its outline (pixels near the
+    body) unchanged, and the box the body's; without, the stray part stretches the box."""
+    from solo_d2.modeling.postprocess import SOLOPostProcessor
+
+    logits = torch.full((1, 4, 4), -10.0)
+    logits[0, 1, 1] = 3.0
+    probs = torch.full((16, 16, 16), 0.1)
+    probs[5, 2:6, 2:7] = 0.9  # the body, at H/4
+    probs[5, 3, 3] = 0.97
+    probs[5, 12:14, 12:14] = 0.8  # the stray part
+
+    def mask_probs(level, cells, size):
+        return probs[cells]
+
+    post = SOLOPostProcessor(num_grids=(4,), strides=(8,), mask_area_factor=0.0)
+    body_only = SOLOPostProcessor(num_grids=(4,), strides=(8,), mask_area_factor=0.0)
+    post.keep_peak_component = keep_part
+    result = post([logits], mask_probs, (64, 64), (64, 64), (64, 64))
+    clean = probs.clone()
+    clean[5, 12:14, 12:14] = 0.1
+    sizes = ((64, 64), (64, 64), (64, 64))
+    reference = body_only([logits], lambda level, cells, size: clean[cells], *sizes)
+    assert len(result) == 1
+    if keep_part:
+        assert torch.equal(result.pred_masks, reference.pred_masks)
+        assert torch.equal(result.pred_boxes.tensor, reference.pred_boxes.tensor)
+    else:
+        assert result.pred_masks[0, 48:56, 48:56].any()
+        assert result.pred_boxes.tensor[0, 2] > 48
+
+
+def test_keep_peak_component_refuses_export():
+    """The flood fill has no graph form: tracing with the key on fails and names the key."""
+    from solo_d2.modeling.postprocess import peak_components
+
+    with pytest.raises(Exception, match="KEEP_PEAK_COMPONENT_TEST"):
+        torch.jit.trace(lambda p: peak_components(p, 0.5), torch.rand(2, 8, 8))

@@ -8,8 +8,8 @@ same backbone (ResNet-18-FPN), input size, batch, schedule shape, mixed precisio
   (:data:`TUNED_MASK_RCNN`); ``--models`` adds the other SOLO heads on the ``shapes`` case.
 * ``accuracy-sweep``: the tuning of Mask R-CNN, at half the budget and evaluated at the end
   only: ROIs sampled per image (64, 128, 256; the model zoo samples 512) with anchors sized for
-  these images, then, with the best ROI count, SGD and AdamW at other learning rates, and a
-  batch of 2 (four times the iterations per second).
+  these images, then, with the best ROI count, SGD and AdamW at other learning rates, and
+  AdamW at a batch of 2 (four times the iterations per second) at three learning rates.
 
 Rows: ``model`` (label), ``case``, ``opts``, ``curve`` (per evaluation: wall seconds since the
 trainer was created, iteration, mask AP, AP50, AP75, box AP), ``wall_seconds``,
@@ -33,21 +33,26 @@ ACCURACY_CASES = ("shapes", "shapes_dense")
 #: Anchors for 256 px images: the model zoo's (32..512 px on P2..P6, made for 800 px images)
 #: scaled by 1/4, as SOLO's scale ranges are scaled for these images (smallest 8 px).
 SMALL_ANCHORS = ["MODEL.ANCHOR_GENERATOR.SIZES", "[[8], [16], [32], [64], [128]]"]
-#: Mask R-CNN's best settings per case from ``accuracy-sweep`` (docs/BENCHMARKS.md, 240 s each):
-#: small anchors, AdamW at lr 7e-4 with batch 2 (4x the iterations of batch 8 per second), and
-#: 128 (shapes: 12.8 mask AP; 64: 10.2 at batch 8) or 64 ROIs per image (shapes_dense: 71.4).
-_BATCH_2 = ["SOLVER.OPTIMIZER", "AdamW", "SOLVER.BASE_LR", "0.0007", "SOLVER.IMS_PER_BATCH", "2"]
+#: Mask R-CNN's best settings per case from ``accuracy-sweep`` and the lr search of
+#: docs/BENCHMARKS.md (sixth round): small anchors, AdamW at lr 1.4e-3 with batch 2 (4x the
+#: iterations of batch 8 per second; on shapes_dense 67.3 mask AP at 480 s against 62.9 at
+#: 7e-4 and 66.0 at 2.8e-3; on shapes 15.4 against 8.8 at 7e-4 on another day), and 128
+#: (shapes: 12.8 mask AP at 240 s; 64: 10.2) or 64 ROIs per image (shapes_dense: 71.4).
+_BATCH_2 = ["SOLVER.OPTIMIZER", "AdamW", "SOLVER.BASE_LR", "0.0014", "SOLVER.IMS_PER_BATCH", "2"]
 TUNED_MASK_RCNN = {
     "shapes": SMALL_ANCHORS + ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"] + _BATCH_2,
     "shapes_dense": SMALL_ANCHORS + ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64"] + _BATCH_2,
 }
 SWEEP_ROIS = (64, 128, 256)
-#: With the best ROI count: (optimizer, lr, batch); the shared recipe is AdamW 1.4e-3, batch 8.
+#: With the best ROI count: (optimizer, lr, batch). The cases' own recipes: AdamW 3e-3 at
+#: batch 8 (shapes) and batch 2 (shapes_dense).
 SWEEP_SOLVERS = (
     ("SGD", "0.01", "8"),
     ("SGD", "0.02", "8"),
     ("AdamW", "0.0028", "8"),
-    ("AdamW", "0.0007", "2"),  # 4x the iterations per second, lr scaled with the batch
+    ("AdamW", "0.0007", "2"),  # 4x the iterations per second
+    ("AdamW", "0.0014", "2"),
+    ("AdamW", "0.0028", "2"),
 )
 SOLO_HEADS = ("SOLO", "Decoupled_SOLO", "Decoupled_SOLO_Light")
 

@@ -107,6 +107,12 @@ def export_from_config(
     "torchscript") to ``output_dir/model.onnx`` / ``model.ts``; returns the file's path."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}, use one of {sorted(FORMATS)}")
+    if cfg.MODEL.SOLO.KEEP_PEAK_COMPONENT_TEST:
+        raise ValueError(
+            "MODEL.SOLO.KEEP_PEAK_COMPONENT_TEST True has no graph form (a flood fill run until "
+            "it converges): export with MODEL.SOLO.KEEP_PEAK_COMPONENT_TEST False (the exported "
+            "masks then keep their stray parts)"
+        )
     model = build_export_model(cfg) if model is None else model.eval()
     image = sample_image(cfg, sample_image_path)
     path = os.path.join(output_dir, FORMATS[fmt])

@@ -130,6 +130,7 @@ class SOLO(nn.Module):
                 max_per_image=head_cfg.MAX_PER_IMG,
                 mask_area_factor=head_cfg.MASK_AREA_FACTOR_TEST,
                 mask_stride=head.mask_stride,
+                keep_peak_component=head_cfg.KEEP_PEAK_COMPONENT_TEST,
             ),
             "trust_weights_pickle": head_cfg.TRUST_WEIGHTS_PICKLE,
         }

@@ -30,6 +30,7 @@ __all__ = [
     "select_candidates",
     "binarize_with_maskness",
     "resize_masks",
+    "peak_components",
     "mask_boxes",
 ]
 
@@ -144,6 +145,43 @@ def binarize_with_maskness(mask_probs: torch.Tensor, mask_thresh: float):
     return binary, areas, maskness
 
 
+def peak_components(mask_probs: torch.Tensor, mask_thresh: float) -> torch.Tensor:
+    """The 8-connected part of each binary mask (probability > ``mask_thresh``) that holds the
+    mask's highest probability.
+
+    A flood fill from each mask's peak pixel, all masks at once: the region grows by a 3x3 max
+    pool within the binary mask until it stops changing (as many passes as the part's geodesic
+    radius, in mask pixels, plus one). A mask without pixels above the threshold stays empty.
+
+    Args:
+        mask_probs: Float[K, h, w].
+    Returns:
+        Bool[K, h, w].
+    """
+    if is_exporting():
+        raise NotImplementedError(
+            "MODEL.SOLO.KEEP_PEAK_COMPONENT_TEST has no graph form (its flood fill runs until "
+            "it converges): export with it False"
+        )
+    binary = mask_probs > mask_thresh
+    num = len(mask_probs)
+    if num == 0:
+        return binary
+    flat = binary.flatten(1)
+    peaks = mask_probs.flatten(1).argmax(dim=1)
+    seeds = torch.zeros_like(flat)
+    rows = torch.arange(num, device=flat.device)
+    seeds[rows, peaks] = flat[rows, peaks]
+    region = seeds.view_as(binary)
+    inside = binary.to(mask_probs.dtype)[:, None]
+    while True:
+        grown = F.max_pool2d(region.to(mask_probs.dtype)[:, None], 3, stride=1, padding=1)
+        grown = (grown * inside)[:, 0] > 0
+        if torch.equal(grown, region):
+            return region
+        region = grown
+
+
 def resize_masks(
     mask_probs: torch.Tensor,
     padded_size: Tuple[int, int],
@@ -248,6 +286,8 @@ class SOLOPostProcessor:
             H/4 exceeds this times its level's stride (rule I3; 1 as the original).
         mask_stride: the head's mask resolution (4: H/4; SOLOv2 ``MASK_FEATURE_STRIDE 2``: H/2);
             areas are counted in H/4 pixels whatever it is.
+        keep_peak_component: ``KEEP_PEAK_COMPONENT_TEST``: each output mask keeps only its
+            connected part around its highest probability (:func:`peak_components`).
     """
 
     num_grids: Sequence[int]
@@ -261,6 +301,7 @@ class SOLOPostProcessor:
     max_per_image: int = 100
     mask_area_factor: float = 1.0
     mask_stride: int = 4
+    keep_peak_component: bool = False
 
     def candidates(self, cate_logits: List[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         """Rules I1-I2: (cell, class) pairs above the score threshold after points-NMS.
@@ -342,8 +383,16 @@ class SOLOPostProcessor:
         keep = (scores >= self.update_thresh).nonzero()[:, 0]
         order = keep[_descending_order(scores[keep])[: self.max_per_image]]
         # I6-I7: paste the soft masks, tight boxes.
+        kept_probs = cell_probs[pair_to_cell[order]]
+        if self.keep_peak_component:
+            # Only the pixels above the threshold outside the part are cleared: the resize
+            # then draws the part's outline as it would without the other parts.
+            stray = (kept_probs > self.mask_thresh) & ~peak_components(
+                kept_probs, self.mask_thresh
+            )
+            kept_probs = kept_probs.masked_fill(stray, 0.0)
         masks = resize_masks(
-            cell_probs[pair_to_cell[order]],
+            kept_probs,
             padded_size,
             image_size,
             output_size,

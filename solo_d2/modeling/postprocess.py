@@ -173,10 +173,9 @@ def peak_components(mask_probs: torch.Tensor, mask_thresh: float) -> torch.Tenso
     rows = torch.arange(num, device=flat.device)
     seeds[rows, peaks] = flat[rows, peaks]
     region = seeds.view_as(binary)
-    inside = binary.to(mask_probs.dtype)[:, None]
     while True:
         grown = F.max_pool2d(region.to(mask_probs.dtype)[:, None], 3, stride=1, padding=1)
-        grown = (grown * inside)[:, 0] > 0
+        grown = (grown[:, 0] > 0) & binary
         if torch.equal(grown, region):
             return region
         region = grown

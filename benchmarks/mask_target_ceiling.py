@@ -9,7 +9,9 @@ is taken as the predicted probabilities and turned back into a mask the way infe
 comparison, the fraction of each output pixel's s x s input pixels that the mask covers (a soft
 target, which training on did not pay: docs/BENCHMARKS.md). Prints, per target and stride, the
 mean mask IoU of these masks with the gt and the fraction of objects whose IoU reaches 0.75 /
-0.85 / 0.95: an upper bound on the outlines a model trained on those targets can draw.
+0.85 / 0.95: an upper bound on the outlines a model trained on those targets can draw, and
+the mean ratio of the drawn masks' pixel count to the gt's (above 1: the target draws objects
+too large).
 """
 
 import argparse
@@ -43,7 +45,7 @@ def gt_masks(dataset: str) -> Iterator[torch.Tensor]:
 
 def ceiling(dataset: str, stride: int, soft: bool, mask_threshold: float = 0.5) -> Dict:
     """Mean IoU and the fraction of objects at each of :data:`IOU_LEVELS` (see module doc)."""
-    ious = []
+    ious, area_ratios = [], []
     for masks in gt_masks(dataset):
         height, width = masks.shape[-2:]
         pad_h, pad_w = -height % stride, -width % stride  # inputs pad to the stride
@@ -59,8 +61,10 @@ def ceiling(dataset: str, stride: int, soft: bool, mask_threshold: float = 0.5) 
         inter = (drawn & masks).flatten(1).sum(1)
         union = (drawn | masks).flatten(1).sum(1).clamp(min=1)
         ious.append(inter / union)
+        area_ratios.append(drawn.flatten(1).sum(1) / masks.flatten(1).sum(1).clamp(min=1))
     ious = torch.cat(ious)
     row = {"objects": len(ious), "mean_iou": ious.mean().item()}
+    row["area_ratio"] = torch.cat(area_ratios).float().mean().item()
     row.update({f"iou>={t}": (ious >= t).float().mean().item() for t in IOU_LEVELS})
     return row
 
@@ -71,14 +75,17 @@ def main(argv=None):
     parser.add_argument("--strides", type=int, nargs="+", default=[2, 4])
     args = parser.parse_args(argv)
     levels = " | ".join(f"IoU >= {t}" for t in IOU_LEVELS)
-    print(f"| stride | target | objects | mean IoU | {levels} |")
-    print("|---|---|---|---|" + "---|" * len(IOU_LEVELS))
+    print(f"| stride | target | objects | mean IoU | {levels} | area ratio |")
+    print("|---|---|---|---|" + "---|" * (len(IOU_LEVELS) + 1))
     for stride in args.strides:
         for soft in (False, True):
             row = ceiling(args.dataset, stride, soft)
             fractions = " | ".join(f"{row[f'iou>={t}']:.2f}" for t in IOU_LEVELS)
             kind = "area fractions" if soft else "binary (rule T6)"
-            print(f"| {stride} | {kind} | {row['objects']} | {row['mean_iou']:.3f} | {fractions} |")
+            print(
+                f"| {stride} | {kind} | {row['objects']} | {row['mean_iou']:.3f} | {fractions} "
+                f"| {row['area_ratio']:.3f} |"
+            )
 
 
 if __name__ == "__main__":

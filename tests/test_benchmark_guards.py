@@ -271,9 +271,72 @@ def test_mask_target_ceiling_is_exact_at_stride_1_and_rounds_odd_edges_at_stride
     name = "mask_target_ceiling_test"
     DatasetCatalog.register(name, lambda: [record])
     try:
-        assert ceiling(name, 1, soft=False)["mean_iou"] == 1.0
+        exact = ceiling(name, 1, soft=False)
+        assert exact["mean_iou"] == 1.0 and exact["area_ratio"] == 1.0
         binary, soft = ceiling(name, 2, soft=False), ceiling(name, 2, soft=True)
         assert binary["objects"] == 1 and 0.75 < binary["mean_iou"] < 0.85
         assert soft["mean_iou"] > 0.95 and soft["iou>=0.95"] == 1.0 and binary["iou>=0.85"] == 0.0
+        # 10 x 10 drawn (rounded corners aside) for 9 x 9 gt pixels: ~1.2x too large
+        assert 1.15 < binary["area_ratio"] < 100 / 81 + 1e-6
+        assert abs(soft["area_ratio"] - 1.0) < 0.05
     finally:
         DatasetCatalog.remove(name)
+
+
+def test_mask_quality_ap_per_iou_and_outlines_of_exact_shifted_and_missing_masks():
+    """benchmarks.mask_quality: exact masks give AP 100 at every IoU threshold and outlines of
+    IoU 1 at the gt's size; one of two squares drawn 1 px too wide (IoU 0.9) keeps AP 100 up
+    to IoU 0.85 and loses that object at 0.95, its area ratio and centroid offset showing the
+    widening; without detections every object is missed."""
+    import numpy as np
+    from pycocotools import mask as mask_util
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import BoxMode
+    from benchmarks.mask_quality import IOU_THRESHOLDS, ap_per_iou, gt_coco, object_outlines
+
+    def square(x, y, size):  # pixels x..x+size-1
+        return [[x, y, x + size, y, x + size, y + size, x, y + size]]
+
+    objects = [(2, 3, 9), (16, 14, 9)]
+    record = {
+        "file_name": "none.png", "image_id": 7, "height": 32, "width": 32,
+        "annotations": [
+            {"bbox": [x, y, s, s], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0,
+             "segmentation": square(x, y, s), "iscrowd": 0}
+            for x, y, s in objects
+        ],
+    }
+    name = "mask_quality_test"
+    DatasetCatalog.register(name, lambda: [record])
+    MetadataCatalog.get(name).set(thing_classes=["square"])
+
+    def result(x, y, width, height, score):
+        mask = np.zeros((32, 32), dtype=np.uint8, order="F")
+        mask[y : y + height, x : x + width] = 1
+        rle = mask_util.encode(mask)
+        rle["counts"] = rle["counts"].decode()
+        return {"image_id": 7, "category_id": 0, "segmentation": rle, "score": score}
+
+    try:
+        gt = gt_coco(name)
+        exact = [result(x, y, s, s, 0.9) for x, y, s in objects]
+        assert ap_per_iou(gt, exact) == [100.0] * len(IOU_THRESHOLDS)
+        row = object_outlines(gt, exact)
+        assert row["objects"] == 2 and row["mean_iou"] == 1.0 and row["iou>=0.95"] == 1.0
+        assert row["area_ratio"] == 1.0 and row["centroid_offset_std"] == 0.0
+
+        wide = [result(2, 3, 10, 9, 0.9), result(16, 14, 9, 9, 0.8)]  # IoU 81 / 90
+        aps = ap_per_iou(gt, wide)
+        assert all(ap == 100.0 for t, ap in zip(IOU_THRESHOLDS, aps) if t < 0.9)
+        assert aps[-1] < 100.0  # at 0.95 only the second square is found
+        row = object_outlines(gt, wide)
+        assert row["mean_iou"] == pytest.approx((0.9 + 1.0) / 2) and row["iou>=0.95"] == 0.5
+        assert row["area_ratio"] == pytest.approx((10 / 9 + 1.0) / 2)
+        assert row["centroid_offset_std"] > 0
+
+        below_score = object_outlines(gt, [result(2, 3, 9, 9, 0.1)])
+        assert below_score["mean_iou"] == 0.0 and below_score["iou>=0.75"] == 0.0
+        assert ap_per_iou(gt, []) == [0.0] * len(IOU_THRESHOLDS)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)

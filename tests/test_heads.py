@@ -331,3 +331,80 @@ def test_solov2_mask_output_stride_must_divide_the_feature_stride():
         build(
             "SOLOv2", ["MODEL.SOLO.MASK_FEATURE_STRIDE", "2", "MODEL.SOLO.MASK_OUTPUT_STRIDE", "4"]
         )
+
+
+def _tower_norms(model):
+    """The norm layers behind the tower convs of the head (cate, mask / kernel towers)."""
+    return [
+        conv.norm
+        for name, tower in model.head.named_children()
+        if name.endswith("tower") or "tower_" in name
+        for conv in tower
+    ]
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_norm_per_level_gives_each_level_its_own_batchnorm(head):
+    """MODEL.SOLO.NORM_PER_LEVEL: a training step runs each level's BatchNorm once (each
+    level's statistics apart, and they differ), where the shared tower's BN runs once per level
+    and keeps one average; every per-level norm gets a gradient."""
+    levels = 5
+    shared = build(head, ["MODEL.SOLO.NORM", "BN"]).train()
+    shared(batch())
+    assert {int(n.num_batches_tracked) for n in _tower_norms(shared)} == {levels}
+
+    model = build(head, ["MODEL.SOLO.NORM", "BN", "MODEL.SOLO.NORM_PER_LEVEL", "True"]).train()
+    sum(model(batch()).values()).backward()
+    per_level = _tower_norms(model)
+    assert per_level and all(len(n.norms) == levels for n in per_level)
+    assert {int(bn.num_batches_tracked) for n in per_level for bn in n.norms} == {1}
+    means = torch.stack([bn.running_mean for bn in per_level[0].norms])
+    assert not torch.allclose(means[0], means[2])
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+@pytest.mark.parametrize("head", ["SOLO", "SOLOv2"])
+def test_norm_per_level_with_copies_of_one_norm_infers_as_the_shared_tower(head):
+    """Per-level norms that all hold the shared norm's parameters and statistics give the
+    shared head's outputs (eval mode): only the choice of norm per level differs; changing one
+    level's statistics changes that level's outputs only."""
+    shared = build(head, ["MODEL.SOLO.NORM", "BN"])
+    generator = torch.Generator().manual_seed(0)
+    for norm in _tower_norms(shared):
+        norm.running_mean.copy_(torch.randn(norm.running_mean.shape, generator=generator))
+        norm.running_var.copy_(torch.rand(norm.running_var.shape, generator=generator) + 0.5)
+        norm.weight.data.copy_(torch.rand(norm.weight.shape, generator=generator) + 0.5)
+    model = build(head, ["MODEL.SOLO.NORM", "BN", "MODEL.SOLO.NORM_PER_LEVEL", "True"])
+    state = {}
+    for key, value in shared.state_dict().items():
+        if ".norm." in key and "tower" in key:
+            prefix, leaf = key.rsplit(".norm.", 1)
+            for level in range(5):
+                state[f"{prefix}.norm.norms.{level}.{leaf}"] = value
+        else:
+            state[key] = value
+    model.load_state_dict(state, strict=True)
+    shared.eval()
+    model.eval()
+    features = [torch.randn(2, 32, 64 // 2**k, 80 // 2**k, generator=generator) for k in range(5)]
+    with torch.no_grad():
+        expected, got = shared.head(features), model.head(features)
+
+    def flat(outputs):
+        mask_data = [d if isinstance(d, tuple) else (d,) for d in outputs.mask_data]
+        tensors = list(outputs.cate_logits) + [t for data in mask_data for t in data]
+        return torch.cat([t.flatten() for t in tensors])
+
+    torch.testing.assert_close(flat(got), flat(expected))
+    # and the per-level norms do pick their level: other statistics at one level change it
+    model.head.cate_tower[0].norm.norms[3].running_mean.add_(1.0)
+    with torch.no_grad():
+        changed = model.head(features)
+    torch.testing.assert_close(changed.cate_logits[2], expected.cate_logits[2])
+    assert not torch.allclose(changed.cate_logits[3], expected.cate_logits[3])
+
+
+def test_norm_per_level_needs_a_norm():
+    with pytest.raises(ValueError, match="NORM_PER_LEVEL needs a MODEL.SOLO.NORM"):
+        build("SOLOv2", ["MODEL.SOLO.NORM", "", "MODEL.SOLO.NORM_PER_LEVEL", "True"])

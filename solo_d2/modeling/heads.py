@@ -20,7 +20,14 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.utils.registry import Registry
 
-from .layers import conv_tower, coord_features, init_conv, per_sample_conv, resize_probs
+from .layers import (
+    at_level,
+    conv_tower,
+    coord_features,
+    init_conv,
+    per_sample_conv,
+    resize_probs,
+)
 
 __all__ = [
     "SOLO_HEAD_REGISTRY",
@@ -94,8 +101,12 @@ class SOLOHeadBase(nn.Module):
         prior_prob: float,
         mask_prior_prob: float,
         dcn_tower_layers: str,
+        norm_per_level: bool = False,
     ):
         super().__init__()
+        if norm_per_level and not norm:
+            raise ValueError("MODEL.SOLO.NORM_PER_LEVEL needs a MODEL.SOLO.NORM (e.g. \"BN\")")
+        self.norm_per_level = norm_per_level
         self.num_classes = num_classes
         self.num_grids = list(num_grids)
         self.in_channels = in_channels
@@ -131,15 +142,18 @@ class SOLOHeadBase(nn.Module):
             "prior_prob": head.PRIOR_PROB,
             "mask_prior_prob": head.MASK_PRIOR_PROB,
             "dcn_tower_layers": head.DCN_TOWER_LAYERS,
+            "norm_per_level": head.NORM_PER_LEVEL,
         }
 
     def tower(self, in_channels: int) -> nn.Sequential:
+        """A tower shared by the levels; run it on level k as ``at_level(tower, k)(x)``."""
         return conv_tower(
             in_channels,
             self.feat_channels,
             self.num_stacked_convs,
             self.norm,
             self.tower_dcn_layers,
+            num_levels=len(self.num_grids) if self.norm_per_level else 1,
         )
 
     @staticmethod
@@ -159,9 +173,11 @@ class SOLOHeadBase(nn.Module):
         levels = self.split_features(features)
         cate_logits = [
             self.cate_pred(
-                self.cate_tower(F.interpolate(f, size=s, mode="bilinear", align_corners=False))
+                at_level(self.cate_tower, k)(
+                    F.interpolate(f, size=s, mode="bilinear", align_corners=False)
+                )
             )
-            for f, s in zip(levels, self.num_grids)
+            for k, (f, s) in enumerate(zip(levels, self.num_grids))
         ]
         return SOLOHeadOutputs(cate_logits, self.forward_mask(levels))
 
@@ -211,8 +227,10 @@ class SOLOHead(SOLOHeadBase):
 
     def forward_mask(self, levels):
         return [
-            _upsampled_tower_output(self.mask_tower, torch.cat([f, coord_features(f)], dim=1))
-            for f in levels
+            _upsampled_tower_output(
+                at_level(self.mask_tower, k), torch.cat([f, coord_features(f)], dim=1)
+            )
+            for k, f in enumerate(levels)
         ]
 
     def dense_mask_logits(self, outputs: SOLOHeadOutputs, level: int) -> torch.Tensor:
@@ -280,15 +298,15 @@ class DecoupledSOLOHead(_DecoupledMaskProbs, SOLOHeadBase):
 
     def forward_mask(self, levels):
         data = []
-        for f in levels:
+        for k, f in enumerate(levels):
             coords = coord_features(f)
             data.append(
                 (
                     _upsampled_tower_output(
-                        self.mask_tower_x, torch.cat([f, coords[:, :1]], dim=1)
+                        at_level(self.mask_tower_x, k), torch.cat([f, coords[:, :1]], dim=1)
                     ),
                     _upsampled_tower_output(
-                        self.mask_tower_y, torch.cat([f, coords[:, 1:]], dim=1)
+                        at_level(self.mask_tower_y, k), torch.cat([f, coords[:, 1:]], dim=1)
                     ),
                 )
             )
@@ -308,9 +326,9 @@ class DecoupledSOLOLightHead(_DecoupledMaskProbs, SOLOHeadBase):
 
     def forward_mask(self, levels):
         data = []
-        for f in levels:
+        for k, f in enumerate(levels):
             feat = _upsampled_tower_output(
-                self.mask_tower, torch.cat([f, coord_features(f)], dim=1)
+                at_level(self.mask_tower, k), torch.cat([f, coord_features(f)], dim=1)
             )
             data.append((feat, feat))
         return data

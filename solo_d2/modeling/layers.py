@@ -1,6 +1,6 @@
 """Building blocks shared by the SOLO heads."""
 
-from typing import Collection, Optional, Tuple
+from typing import Collection, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,9 @@ from detectron2.layers import Conv2d, get_norm
 
 __all__ = [
     "ModulatedDeformConv2d",
+    "PerLevelNorm",
     "append_zero_item",
+    "at_level",
     "conv_tower",
     "coord_features",
     "init_conv",
@@ -88,17 +90,50 @@ class ModulatedDeformConv2d(nn.Conv2d):
         return x
 
 
+class PerLevelNorm(nn.Module):
+    """One norm layer per FPN level after a conv that the levels share: ``norms[level]`` is
+    applied, ``level`` being set by :func:`at_level` before the tower runs on that level's
+    feature. With BatchNorm, each level then keeps its own running statistics (and affine
+    parameters) instead of one average of levels whose statistics differ."""
+
+    def __init__(self, norms: Sequence[nn.Module]):
+        super().__init__()
+        self.norms = nn.ModuleList(norms)
+        self.level = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norms[self.level](x)
+
+
+def at_level(tower: nn.Module, level: int) -> nn.Module:
+    """``tower`` with the norms of ``level`` selected in its :class:`PerLevelNorm` layers (a
+    no-op for a tower without them)."""
+    for module in tower.modules():
+        if isinstance(module, PerLevelNorm):
+            module.level = level
+    return tower
+
+
 def conv_tower(
     in_channels: int,
     channels: int,
     num_convs: int,
     norm: str,
     deformable: Collection[int] = (),
+    num_levels: int = 1,
 ) -> nn.Sequential:
     """``num_convs`` x (3x3 conv, norm, ReLU); convs have a bias only without norm.
 
     ``deformable``: indices of the layers that are modulated deformable convs.
+    ``num_levels`` > 1: each conv gets a :class:`PerLevelNorm` of that many norm layers (run
+    the tower through :func:`at_level`).
     """
+
+    def make_norm():
+        if num_levels > 1 and norm:
+            return PerLevelNorm([get_norm(norm, channels) for _ in range(num_levels)])
+        return get_norm(norm, channels)
+
     layers = []
     for i in range(num_convs):
         conv_class = ModulatedDeformConv2d if i in deformable else Conv2d
@@ -109,7 +144,7 @@ def conv_tower(
                 kernel_size=3,
                 padding=1,
                 bias=not norm,
-                norm=get_norm(norm, channels),
+                norm=make_norm(),
                 activation=F.relu,
             )
         )

@@ -12,6 +12,7 @@ from detectron2.layers import Conv2d, get_norm
 from .heads import SOLOHeadBase, SOLOHeadOutputs, register_head
 from .layers import (
     ModulatedDeformConv2d,
+    at_level,
     conv_tower,
     coord_features,
     init_conv,
@@ -166,14 +167,14 @@ class SOLOv2Head(SOLOHeadBase):
 
     def forward_mask(self, levels):
         kernels = []
-        for f, num_grid in zip(levels, self.num_grids):
+        for k, (f, num_grid) in enumerate(zip(levels, self.num_grids)):
             kernel_input = F.interpolate(
                 torch.cat([f, coord_features(f)], dim=1),
                 size=num_grid,
                 mode="bilinear",
                 align_corners=False,
             )
-            kernels.append(self.kernel_pred(self.kernel_tower(kernel_input)))
+            kernels.append(self.kernel_pred(at_level(self.kernel_tower, k)(kernel_input)))
         return kernels
 
     def mask_probs(self, outputs, level, image_idx, cells, out_size=None):

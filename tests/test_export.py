@@ -261,12 +261,15 @@ def test_a_quick_config_refuses_export_until_its_stray_part_filter_is_off(name, 
     assert os.listdir(tmp_path) == []
 
 
-def test_a_batch_norm_head_exports_like_eager(tmp_path):
+@pytest.mark.parametrize("per_level", ["False", "True"])
+def test_a_batch_norm_head_exports_like_eager(per_level, tmp_path):
     """SOLOv2's quick config has BatchNorm in the head (towers and mask features): in eval mode
-    a fixed affine map, and ONNX Runtime and TorchScript give eager's detections."""
+    a fixed affine map, and ONNX Runtime and TorchScript give eager's detections, also with one
+    BatchNorm per level in the towers (NORM_PER_LEVEL, the dense quick config)."""
     cfg = tiny_cfg(
         "configs/SOLOv2_shapes_quick.yaml",
-        ["MODEL.SOLO.NORM", "BN", "MODEL.SOLO.SCORE_THRESH_TEST", "0.1"],
+        ["MODEL.SOLO.NORM", "BN", "MODEL.SOLO.SCORE_THRESH_TEST", "0.1"]
+        + ["MODEL.SOLO.NORM_PER_LEVEL", per_level],
     )
     torch.manual_seed(0)
     images = [as_input(synthetic_image(200, 296, seed)) for seed in range(3)]

@@ -56,7 +56,7 @@ def add_solo_config(cfg):
     # normalises every level at test time with one average of statistics that differ several
     # times between levels (in training each call uses its own batch's). Needs NORM; False is
     # the original (shared GN, which keeps no statistics). SOLOv2_shapes_dense_quick sets it:
-    # mask AP 64.4-64.7 -> 66.1 in 480 s (docs/BENCHMARKS.md, seventh round).
+    # mask AP 64.4-64.7 -> 66.0-66.1 in 480 s, two runs (docs/BENCHMARKS.md, seventh round).
     _C.NORM_PER_LEVEL = False
     # Tower convs that are modulated deformable convs (DCNv2), in every tower of the head (mask,
     # category, SOLOv2 kernel): "none", "last" (the last conv of each tower: Decoupled SOLO Light

@@ -4,14 +4,14 @@
 
 For every gt mask of the dataset (Bool[H, W] at the input size), the mask target at stride s
 is taken as the predicted probabilities and turned back into a mask the way inference does
-(bilinear resize to the input size, then ``>= MASK_THRESH_TEST``, 0.5). Two targets: solo_d2's
-(:func:`solo_d2.modeling.targets.downsample_masks`, binary, DESIGN.md rule T6) and, for
-comparison, the fraction of each output pixel's s x s input pixels that the mask covers (a soft
-target, which training on did not pay: docs/BENCHMARKS.md). Prints, per target and stride, the
-mean mask IoU of these masks with the gt and the fraction of objects whose IoU reaches 0.75 /
-0.85 / 0.95: an upper bound on the outlines a model trained on those targets can draw, and
-the mean ratio of the drawn masks' pixel count to the gt's (above 1: the target draws objects
-too large).
+(bilinear resize to the input size, then ``>= MASK_THRESH_TEST``, 0.5), for each of the
+targets of ``MODEL.SOLO.MASK_TARGET`` (:func:`solo_d2.modeling.targets.downsample_masks`,
+DESIGN.md rule T6): "binary" (the original: a pixel exactly half covered is 1), "half_ties"
+(0.5 there) and "area" (the fraction of each target pixel's s x s input pixels that the mask
+covers). Prints, per target and stride, the mean mask IoU of these masks with the gt and the
+fraction of objects whose IoU reaches 0.75 / 0.85 / 0.95: an upper bound on the outlines a
+model trained on those targets can draw, and the mean ratio of the drawn masks' pixel count to
+the gt's (above 1: the target draws objects too large).
 """
 
 import argparse
@@ -28,6 +28,11 @@ from solo_d2.modeling.targets import downsample_masks
 __all__ = ["gt_masks", "ceiling"]
 
 IOU_LEVELS = (0.75, 0.85, 0.95)
+TARGETS = {
+    "binary": "binary (rule T6, the original)",
+    "half_ties": "half-covered pixels 0.5",
+    "area": "area fractions",
+}
 
 
 def gt_masks(dataset: str) -> Iterator[torch.Tensor]:
@@ -43,19 +48,17 @@ def gt_masks(dataset: str) -> Iterator[torch.Tensor]:
             yield torch.stack(masks)
 
 
-def ceiling(dataset: str, stride: int, soft: bool, mask_threshold: float = 0.5) -> Dict:
-    """Mean IoU and the fraction of objects at each of :data:`IOU_LEVELS` (see module doc)."""
+def ceiling(dataset: str, stride: int, target: str, mask_threshold: float = 0.5) -> Dict:
+    """Mean IoU and the fraction of objects at each of :data:`IOU_LEVELS` of the drawn
+    ``target`` (a ``MODEL.SOLO.MASK_TARGET``, see the module doc)."""
     ious, area_ratios = [], []
     for masks in gt_masks(dataset):
         height, width = masks.shape[-2:]
         pad_h, pad_w = -height % stride, -width % stride  # inputs pad to the stride
         padded = F.pad(masks, (0, pad_w, 0, pad_h))
-        if soft:
-            target = F.avg_pool2d(padded[:, None].float(), stride)[:, 0]
-        else:
-            target = downsample_masks(padded, stride).float()
+        values = downsample_masks(padded, stride, target).float()
         probs = F.interpolate(
-            target[:, None], scale_factor=stride, mode="bilinear", align_corners=False
+            values[:, None], scale_factor=stride, mode="bilinear", align_corners=False
         )[:, 0, :height, :width]
         drawn = probs >= mask_threshold
         inter = (drawn & masks).flatten(1).sum(1)
@@ -78,10 +81,9 @@ def main(argv=None):
     print(f"| stride | target | objects | mean IoU | {levels} | area ratio |")
     print("|---|---|---|---|" + "---|" * (len(IOU_LEVELS) + 1))
     for stride in args.strides:
-        for soft in (False, True):
-            row = ceiling(args.dataset, stride, soft)
+        for target, kind in TARGETS.items():
+            row = ceiling(args.dataset, stride, target)
             fractions = " | ".join(f"{row[f'iou>={t}']:.2f}" for t in IOU_LEVELS)
-            kind = "area fractions" if soft else "binary (rule T6)"
             print(
                 f"| {stride} | {kind} | {row['objects']} | {row['mean_iou']:.3f} | {fractions} "
                 f"| {row['area_ratio']:.3f} |"

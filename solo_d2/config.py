@@ -91,6 +91,15 @@ def add_solo_config(cfg):
     _C.MASK_PRIOR_PROB = 0.01
     # gt masks with fewer pixels (on the padded input) produce no target.
     _C.MIN_MASK_PIXELS = 10
+    # How a gt mask becomes the mask target at the masks' stride (rule T6). "binary": the
+    # original, bilinear resize then >= 0.5, which rounds a pixel exactly half covered (2 of the
+    # 4 input pixels it reads) up: every edge that falls inside a target pixel moves half a
+    # target pixel outwards, and the masks a model learns are that much too large (6.8 % in
+    # area for the 10-20 px objects of shapes_dense at stride 2). "half_ties": 0.5 at those
+    # pixels, 0 or 1 elsewhere. "area": the fraction of the target pixel's input pixels inside
+    # the mask. The Dice fits soft targets as they are, and bilinear upsampling of the learned
+    # masks then crosses the mask threshold (0.5) on the true edge (docs/BENCHMARKS.md).
+    _C.MASK_TARGET = "binary"
 
     # Losses: Dice on the masks of positive cells, sigmoid focal loss on the category grid.
     _C.DICE_WEIGHT = 3.0

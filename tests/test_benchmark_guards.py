@@ -262,7 +262,7 @@ def test_mask_target_ceiling_is_exact_at_stride_1_and_rounds_odd_edges_at_stride
     """benchmarks.mask_target_ceiling: a perfect prediction of a stride-1 target draws every
     gt mask exactly; at stride 2 the binary target (rule T6) rounds the odd edges of a 9 px
     square (pixels 3..11) outwards to rows and columns 2..11 (IoU ~0.8, the corners drawn
-    a little rounder), while the area fractions give the square back up to its corners."""
+    a little rounder), while the soft targets give the square back up to its corners."""
     from detectron2.data import DatasetCatalog
     from benchmarks.mask_target_ceiling import ceiling
 
@@ -271,14 +271,17 @@ def test_mask_target_ceiling_is_exact_at_stride_1_and_rounds_odd_edges_at_stride
     name = "mask_target_ceiling_test"
     DatasetCatalog.register(name, lambda: [record])
     try:
-        exact = ceiling(name, 1, soft=False)
+        exact = ceiling(name, 1, "binary")
         assert exact["mean_iou"] == 1.0 and exact["area_ratio"] == 1.0
-        binary, soft = ceiling(name, 2, soft=False), ceiling(name, 2, soft=True)
+        binary, soft = ceiling(name, 2, "binary"), ceiling(name, 2, "area")
         assert binary["objects"] == 1 and 0.75 < binary["mean_iou"] < 0.85
         assert soft["mean_iou"] > 0.95 and soft["iou>=0.95"] == 1.0 and binary["iou>=0.85"] == 0.0
         # 10 x 10 drawn (rounded corners aside) for 9 x 9 gt pixels: ~1.2x too large
         assert 1.15 < binary["area_ratio"] < 100 / 81 + 1e-6
         assert abs(soft["area_ratio"] - 1.0) < 0.05
+        # 0.5 at the half-covered pixels: the edges come back exactly, 3 corner pixels are lost
+        half = ceiling(name, 2, "half_ties")
+        assert half["mean_iou"] == pytest.approx(78 / 81) and half["area_ratio"] == half["mean_iou"]
     finally:
         DatasetCatalog.remove(name)
 

@@ -255,6 +255,26 @@ def test_per_sample_conv_matches_grouped_reference():
         assert torch.allclose(out[k], ref[0, 0], atol=1e-5)
 
 
+@pytest.mark.parametrize("mode, values", [("half_ties", {0.0, 0.5, 1.0}), ("area", None)])
+def test_soft_mask_targets_reach_the_loss(mode, values):
+    """MODEL.SOLO.MASK_TARGET half_ties / area: the model's targets are soft at the edges and
+    train; an unknown mode is refused by its key."""
+    cfg = tiny_cfg(extra=["MODEL.SOLO.HEAD", "SOLOv2", "MODEL.SOLO.MASK_TARGET", mode])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = [make_input([(5, 5, 31, 31), (30, 21, 61, 50)], [0, 2], seed=1)]
+    padded = model.preprocess_image(batch).tensor.shape[-2:]
+    masks = model.build_targets(batch[0], padded)[0].masks
+    assert masks.dtype == torch.float32
+    soft = masks[(masks > 0) & (masks < 1)]
+    assert len(soft) and (values is None or set(masks.unique().tolist()) == values)
+    losses = model(batch)
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="MODEL.SOLO.MASK_TARGET must be one of"):
+        build_model(tiny_cfg(extra=["MODEL.SOLO.MASK_TARGET", "soft"]))
+
+
 def test_solov2_mask_feature_stride_2_gives_masks_and_targets_at_half_resolution():
     """MODEL.SOLO.MASK_FEATURE_STRIDE 2: mask features (and targets) at H/2, inference compares
     masks at H/2 and counts the area bound (rule I3) in H/4 pixels."""

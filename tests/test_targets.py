@@ -391,6 +391,52 @@ def test_t6_downsample_masks_equals_interpolate(stride):
         assert torch.equal(got, expected)
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3, 4, 8])
+def test_t6_soft_mask_targets_against_bilinear_values_and_block_fractions(stride):
+    """MODEL.SOLO.MASK_TARGET: "half_ties" is the T6 target with 0.5 wherever the bilinear value
+    is exactly 0.5 (only at even strides); "area" is the mean of each stride x stride block."""
+    gen = torch.Generator().manual_seed(10 * stride)
+    masks = torch.rand(3, 48, 96, generator=gen) < 0.5
+    bilinear = F.interpolate(masks[:, None].float(), scale_factor=1 / stride,
+                             mode="bilinear", align_corners=False)[:, 0]
+    ties = bilinear == 0.5
+    half = downsample_masks(masks, stride, "half_ties")
+    assert half.dtype == torch.float32
+    assert torch.equal(half[~ties], (bilinear[~ties] > 0.5).float())
+    assert (half[ties] == 0.5).all() and ties.any() == (stride % 2 == 0)
+    area = downsample_masks(masks, stride, "area")
+    assert area.dtype == torch.float32 and area.shape == (3, 48 // stride, 96 // stride)
+    assert torch.allclose(area, F.avg_pool2d(masks[:, None].float(), stride)[:, 0])
+    with pytest.raises(ValueError, match="unknown mask target mode 'soft'"):
+        downsample_masks(masks, stride, "soft")
+
+
+def test_t6_soft_mask_targets_draw_straight_edges_where_they_are():
+    """A band of rows 3..12 has both edges inside stride-2 pixels (rows 2-3 and 12-13). Drawn
+    back as inference does (bilinear x2, >= 0.5), the T6 target is a row too large at each
+    edge; the soft targets give the band itself."""
+    band = _rect(32, 32, slice(3, 13), slice(0, 32))[None]
+
+    def drawn(mode):
+        target = downsample_masks(band, 2, mode).float()
+        return F.interpolate(target[:, None], scale_factor=2, mode="bilinear",
+                             align_corners=False)[:, 0] >= 0.5
+
+    assert torch.equal(drawn("binary"), _rect(32, 32, slice(2, 14), slice(0, 32))[None])
+    assert torch.equal(drawn("half_ties"), band)
+    assert torch.equal(drawn("area"), band)
+
+
+def test_t6_mask_target_reaches_every_level_of_the_targets():
+    size = (64, 96)
+    mask = _rect(*size, slice(41, 60), slice(61, 90))
+    out = _build([mask], [[61, 41, 90, 60]], [3], size, num_classes=NUM_CLASSES,
+                 mask_target="half_ties")
+    for level, stride in zip(out, DEFAULT_OUTPUT_STRIDES):
+        assert torch.equal(level.masks, downsample_masks(mask[None], stride, "half_ties"))
+    assert (out[0].masks == 0.5).any()
+
+
 # ----------------------------------------------------------------------------------------------
 # Randomized comparison with a per-object loop re-implementation of the original algorithm
 # (dense S^2 x h x w targets, rules T1-T6 of DESIGN.md).

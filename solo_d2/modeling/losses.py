@@ -20,7 +20,7 @@ def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 0.001) ->
 
     Args:
         probs: Float[P, h, w] mask probabilities (any float dtype).
-        targets: Bool/Float[P, h, w] binary targets.
+        targets: Bool/Float[P, h, w] targets in [0, 1] (binary or soft, MASK_TARGET).
     Returns:
         Float32[P].
     """
@@ -59,7 +59,8 @@ def mask_loss(
     """Mean Dice over all positive samples of all levels (unweighted).
 
     Args:
-        per_level_probs / per_level_targets: per level Float[P_l, h_l, w_l] / Bool[P_l, h_l, w_l].
+        per_level_probs / per_level_targets: per level Float[P_l, h_l, w_l] / Bool or Float
+            [P_l, h_l, w_l].
     With no positive sample the result is a zero that stays connected to the graph of the
     (possibly empty) predictions, so every parameter still gets a (zero) gradient.
     """

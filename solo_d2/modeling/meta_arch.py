@@ -12,7 +12,7 @@ from detectron2.structures import BitMasks, ImageList, Instances, PolygonMasks
 from .heads import SOLOHeadBase, SOLOHeadOutputs, build_solo_head
 from .losses import category_focal_loss, mask_loss
 from .postprocess import SOLOPostProcessor
-from .targets import LevelTargets, build_solo_targets
+from .targets import MASK_TARGET_MODES, LevelTargets, build_solo_targets
 
 __all__ = ["SOLO", "gt_bitmasks"]
 
@@ -66,6 +66,7 @@ class SOLO(nn.Module):
         focal_gamma: float,
         post_processor: SOLOPostProcessor,
         trust_weights_pickle: bool = False,
+        mask_target: str = "binary",
     ):
         super().__init__()
         self.backbone = backbone
@@ -82,6 +83,11 @@ class SOLO(nn.Module):
         self.strides = list(strides)
         self.sigma = sigma
         self.min_mask_pixels = min_mask_pixels
+        if mask_target not in MASK_TARGET_MODES:
+            raise ValueError(
+                f"MODEL.SOLO.MASK_TARGET must be one of {MASK_TARGET_MODES}, got {mask_target!r}"
+            )
+        self.mask_target = mask_target
         self.dice_weight = dice_weight
         self.focal_weight = focal_weight
         self.focal_alpha = focal_alpha
@@ -114,6 +120,7 @@ class SOLO(nn.Module):
             "strides": head_cfg.FPN_STRIDES,
             "sigma": head_cfg.SIGMA,
             "min_mask_pixels": head_cfg.MIN_MASK_PIXELS,
+            "mask_target": head_cfg.MASK_TARGET,
             "dice_weight": head_cfg.DICE_WEIGHT,
             "focal_weight": head_cfg.FOCAL_WEIGHT,
             "focal_alpha": head_cfg.FOCAL_ALPHA,
@@ -193,6 +200,7 @@ class SOLO(nn.Module):
             min_mask_pixels=self.min_mask_pixels,
             one_sample_per_cell=self.head.one_sample_per_cell,
             mask_output_strides=self.head.target_mask_strides(self.strides),
+            mask_target=self.mask_target,
         )
 
     def losses(
@@ -223,8 +231,9 @@ class SOLO(nn.Module):
     def mask_samples(
         self, outputs: SOLOHeadOutputs, targets: List[List[LevelTargets]]
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """Per level, the predicted probabilities Float[P, h, w] and targets Bool[P, h, w] of
-        the positive samples of all images; masks are computed for these cells only."""
+        """Per level, the predicted probabilities Float[P, h, w] and targets Bool[P, h, w]
+        (Float32 unless ``MASK_TARGET`` is "binary") of the positive samples of all images;
+        masks are computed for these cells only."""
         probs, masks = [], []
         for level in range(len(self.num_grids)):
             per_image = [t[level] for t in targets]

@@ -18,6 +18,7 @@ __all__ = [
     "build_solov2_targets",
     "center_of_mass",
     "downsample_masks",
+    "MASK_TARGET_MODES",
     "grid_cell",
     "assign_centre_regions",
 ]
@@ -36,7 +37,8 @@ class LevelTargets:
         cate:  Long[S, S] class of each cell, background = ``num_classes``.
         pos:   Long[P] flat cell index ``i * S + j`` of each positive mask sample.
         gt:    Long[P] index (into the image's N gts) of the instance whose mask is the target.
-        masks: Bool[N, h, w] all gt masks at this level's mask resolution.
+        masks: Bool[N, h, w] all gt masks at this level's mask resolution (Float32 in [0, 1]
+            unless ``mask_target`` is "binary", see :func:`downsample_masks`).
     """
 
     cate: torch.Tensor
@@ -86,34 +88,54 @@ def grid_cell(coord: torch.Tensor, size: int, num_grid: int) -> torch.Tensor:
     return torch.floor(t / (1.0 / num_grid)).to(torch.int64)
 
 
-def downsample_masks(masks: torch.Tensor, output_stride: int) -> torch.Tensor:
-    """``interpolate(masks.float(), scale_factor=1/output_stride, bilinear) >= 0.5`` as Bool.
+MASK_TARGET_MODES = ("binary", "half_ties", "area")
+
+
+def downsample_masks(
+    masks: torch.Tensor, output_stride: int, mode: str = "binary"
+) -> torch.Tensor:
+    """gt masks as mask targets at ``output_stride`` (rule T6 and ``MODEL.SOLO.MASK_TARGET``).
 
     Args:
         masks: Bool[N, H, W], H and W divisible by ``output_stride``.
+        output_stride: 1 or more.
+        mode: "binary" (the original): ``interpolate(masks, 1 / output_stride, bilinear) >=
+            0.5``; "half_ties": the same, but 0.5 where that bilinear value is exactly 0.5;
+            "area": the fraction of the output pixel's ``output_stride`` x ``output_stride``
+            input pixels that are set.
     Returns:
-        Bool[N, H / output_stride, W / output_stride].
+        Bool[N, H / output_stride, W / output_stride] for "binary", else Float32 in [0, 1].
 
     For an even stride s, bilinear sampling (align_corners=False) of output pixel i reads input
-    rows/cols ``s*i + s/2 - 1`` and ``s*i + s/2`` with weight 1/2 each, so the result is
-    ">= 2 of those 4 pixels set", computed here without a float copy of the masks.
+    rows/cols ``s*i + s/2 - 1`` and ``s*i + s/2`` with weight 1/2 each: its value is the number
+    of those 4 pixels set, over 4 ("binary": at least 2 of them; "half_ties": 0.5 for exactly
+    2), computed here from byte sums without a float copy of the masks. At an odd stride the
+    sample falls on one input pixel, so no value is exactly 0.5.
     """
+    if mode not in MASK_TARGET_MODES:
+        raise ValueError(f"unknown mask target mode {mode!r}, expected one of {MASK_TARGET_MODES}")
     masks = masks.bool()
+    data = masks.view(torch.uint8)  # 0/1 bytes: sums without casts
+    if mode == "area":
+        num, height, width = masks.shape
+        blocks = data.reshape(num, height // output_stride, output_stride, -1, output_stride)
+        return blocks.sum(dim=(2, 4), dtype=torch.int32) / float(output_stride**2)
     if output_stride == 1:
-        return masks.clone()
+        return masks.clone() if mode == "binary" else masks.float()
     if output_stride % 2:
         resized = F.interpolate(
             masks[:, None].float(),
             scale_factor=1.0 / output_stride,
             mode="bilinear",
             align_corners=False,
-        )
-        return resized[:, 0] >= 0.5
+        )[:, 0] >= 0.5
+        return resized if mode == "binary" else resized.float()
     first, second = output_stride // 2 - 1, output_stride // 2
-    data = masks.view(torch.uint8)  # 0/1 bytes: sums without casts
     rows = data[:, first::output_stride] + data[:, second::output_stride]
     count = rows[:, :, first::output_stride] + rows[:, :, second::output_stride]
-    return count >= 2
+    if mode == "binary":
+        return count >= 2
+    return (count >= 3).to(torch.float32).masked_fill_(count == 2, 0.5)
 
 
 def assign_centre_regions(
@@ -172,6 +194,7 @@ def build_solo_targets(
     min_mask_pixels: int = 10,
     one_sample_per_cell: bool = True,
     mask_output_strides: Sequence[int] = None,
+    mask_target: str = "binary",
 ) -> List[LevelTargets]:
     """SOLO targets of one image, one :class:`LevelTargets` per level.
 
@@ -189,6 +212,7 @@ def build_solo_targets(
         one_sample_per_cell: True (SOLO): where centre regions overlap the later gt wins the cell
             and its single mask sample. False (SOLOv2): one sample per (gt, cell) pair.
         mask_output_strides: per level stride of the mask targets (default ``stride // 2``).
+        mask_target: how gt masks become mask targets (:func:`downsample_masks`).
     """
     height, width = image_size
     device = gt_masks.device
@@ -216,7 +240,7 @@ def build_solo_targets(
         num_grids, scale_ranges, mask_output_strides
     ):
         if output_stride not in resized:
-            resized[output_stride] = downsample_masks(gt_masks, output_stride)
+            resized[output_stride] = downsample_masks(gt_masks, output_stride, mask_target)
         cate = torch.full((num_grid, num_grid), num_classes, dtype=torch.int64, device=device)
         candidates = ((sqrt_areas >= lower) & (sqrt_areas <= upper) & has_pixels).nonzero()[:, 0]
         gt_idx, cell = assign_centre_regions(
@@ -253,6 +277,7 @@ def build_solov2_targets(
     num_classes: int = 80,
     min_mask_pixels: int = 10,
     mask_output_stride: int = 4,
+    mask_target: str = "binary",
 ) -> List[LevelTargets]:
     """SOLOv2 targets: as :func:`build_solo_targets`, but one mask sample per (gt, cell) pair.
 
@@ -273,4 +298,5 @@ def build_solov2_targets(
         min_mask_pixels=min_mask_pixels,
         one_sample_per_cell=False,
         mask_output_strides=[mask_output_stride] * len(num_grids),
+        mask_target=mask_target,
     )

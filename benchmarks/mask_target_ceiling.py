@@ -23,16 +23,11 @@ import torch.nn.functional as F
 import solo_d2  # noqa: F401  (registers the shapes datasets)
 from detectron2.data import DatasetCatalog
 from detectron2.structures import polygons_to_bitmask
-from solo_d2.modeling.targets import downsample_masks
+from solo_d2.modeling.targets import MASK_TARGET_MODES, downsample_masks
 
 __all__ = ["gt_masks", "ceiling"]
 
 IOU_LEVELS = (0.75, 0.85, 0.95)
-TARGETS = {
-    "binary": "binary (rule T6, the original)",
-    "half_ties": "half-covered pixels 0.5",
-    "area": "area fractions",
-}
 
 
 def gt_masks(dataset: str) -> Iterator[torch.Tensor]:
@@ -81,11 +76,11 @@ def main(argv=None):
     print(f"| stride | target | objects | mean IoU | {levels} | area ratio |")
     print("|---|---|---|---|" + "---|" * (len(IOU_LEVELS) + 1))
     for stride in args.strides:
-        for target, kind in TARGETS.items():
+        for target in MASK_TARGET_MODES:
             row = ceiling(args.dataset, stride, target)
             fractions = " | ".join(f"{row[f'iou>={t}']:.2f}" for t in IOU_LEVELS)
             print(
-                f"| {stride} | {kind} | {row['objects']} | {row['mean_iou']:.3f} | {fractions} "
+                f"| {stride} | {target} | {row['objects']} | {row['mean_iou']:.3f} | {fractions} "
                 f"| {row['area_ratio']:.3f} |"
             )
 

@@ -6,7 +6,8 @@ __all__ = ["add_solo_config"]
 
 
 def add_solo_config(cfg):
-    """Add the ``MODEL.SOLO`` keys (and ``SOLVER.OPTIMIZER``) to a Detectron2 config (in place)."""
+    """Add the ``MODEL.SOLO`` keys, and solo_d2's ``SOLVER``, ``INPUT`` and
+    ``MODEL.BASIC_RESNET`` keys, to a Detectron2 config (in place)."""
     # Optimizer of solo_d2.engine.Trainer: "SGD" (Detectron2's, with SOLVER.MOMENTUM) or
     # "AdamW" (same parameter groups, weight decay and gradient clipping).
     cfg.SOLVER.OPTIMIZER = "SGD"
@@ -21,6 +22,10 @@ def add_solo_config(cfg):
     cfg.SOLVER.TIME_BUDGET_S = 0
     # Iterations timed before the time budget's first plan (it is corrected as training goes).
     cfg.SOLVER.TIME_BUDGET_MEASURE_ITERS = 20
+    # Training images rotated counter-clockwise by one of these angles (degrees, multiples of
+    # 90, drawn uniformly per image) after the resize and flip, masks and boxes with them
+    # (solo_d2.data.augmentation); [] (or [0]): off, as in Detectron2.
+    cfg.INPUT.RANDOM_ROTATION_ANGLES = []
     # The ResNet of MODEL.BACKBONE.NAME "build_basic_resnet_fpn_backbone" (basic blocks; the rest
     # from MODEL.RESNETS / MODEL.FPN; solo_d2.modeling.backbone): channels of the stem and res2,
     # doubled per stage, and blocks in res2..res5. 64 and [2, 2, 2, 2] are ResNet-18.

@@ -343,3 +343,37 @@ def test_mask_quality_ap_per_iou_and_outlines_of_exact_shifted_and_missing_masks
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_accuracy_sweep_ends_with_the_best_solver_without_rotations(monkeypatch):
+    """The peer's tuning also tries the best setting without the quick configs' rotations,
+    and that option reaches Mask R-CNN's config (shared INPUT keys go through the SOLO config)."""
+    from benchmarks.accuracy_run import accuracy_config
+    from benchmarks.sections import accuracy
+
+    best_lr = {"shapes": "0.0028", "shapes_dense": "0.0014"}
+    calls = []
+
+    def fake_run(settings, case, model, opts, budget, name, evals=None):
+        settings_ = dict(zip(opts[::2], opts[1::2]))
+        score = 10.0 + (settings_.get("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE") == "128")
+        score += 5.0 * (settings_.get("SOLVER.BASE_LR") == best_lr[case])
+        calls.append((case, name, list(opts)))
+        return {"case": case, "model": accuracy._label(model, opts), "curve": [{"mask_ap": score}]}
+
+    monkeypatch.setattr(accuracy, "run_model", fake_run)
+    settings = benchmark.Settings(device="cpu", threads=1, accuracy_budget=100.0)
+    rows = accuracy.bench_accuracy_sweep(settings, None)
+    per_case = len(accuracy.SWEEP_ROIS) + len(accuracy.SWEEP_SOLVERS) + 1
+    assert len(rows) == len(calls) == len(accuracy.ACCURACY_CASES) * per_case
+    for case in accuracy.ACCURACY_CASES:
+        _, name, opts = [c for c in calls if c[0] == case][-1]
+        assert name == "sweep_no_rot" and opts[-2:] == accuracy.NO_ROTATIONS
+        settings_ = dict(zip(opts[::2], opts[1::2]))
+        assert settings_["SOLVER.BASE_LR"] == best_lr[case]
+        assert settings_["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] == "128"
+        assert [r for r in rows if r["case"] == case][-1]["model"].endswith("no rotations)")
+        rcnn = accuracy_config("MaskRCNN", opts, case)
+        assert rcnn.INPUT.RANDOM_ROTATION_ANGLES == []
+        shared = accuracy_config("MaskRCNN", (), case).INPUT.RANDOM_ROTATION_ANGLES
+        assert shared == [0, 90, 180, 270]

@@ -10,6 +10,8 @@ import torch
 
 from detectron2.data import DatasetMapper
 
+from .augmentation import build_extra_train_augmentations
+
 __all__ = ["SOLODatasetMapper"]
 
 logger = logging.getLogger(__name__)
@@ -20,7 +22,9 @@ _READ_ERRORS = (OSError, SyntaxError, ValueError)
 
 
 class SOLODatasetMapper(DatasetMapper):
-    """``DatasetMapper`` that does not stop a run on an image it cannot read.
+    """``DatasetMapper`` that does not stop a run on an image it cannot read, with solo_d2's
+    extra training augmentations (:func:`.augmentation.build_extra_train_augmentations`) after
+    Detectron2's when built from a config.
 
     Training: the sample is replaced by another record of ``fallback_records`` (the next one
     that can be read, starting at a position derived from the file name, so the choice is
@@ -36,6 +40,13 @@ class SOLODatasetMapper(DatasetMapper):
         super().__init__(*args, **kwargs)
         self.fallback_records = fallback_records or []
         self.unreadable = set()
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        args = super().from_config(cfg, is_train)
+        if is_train:
+            args["augmentations"] = args["augmentations"] + build_extra_train_augmentations(cfg)
+        return args
 
     def __call__(self, dataset_dict):
         name = dataset_dict.get("file_name")

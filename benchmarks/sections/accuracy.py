@@ -195,8 +195,8 @@ def bench_accuracy_sweep(settings: Settings, memory: MemoryPlan) -> List[Dict]:
             row = run_model(settings, case, MASK_RCNN, opts, budget, name, evals=1)
             by_solver.append((row, opts))
         rows += [row for row, _ in by_solver]
-        _, best = max(by_solver, key=lambda item: item[0]["curve"][-1]["mask_ap"])
+        _, best_solver = max(by_solver, key=lambda item: item[0]["curve"][-1]["mask_ap"])
         # the case's data augmentation is SOLO's choice: the peer also trains without it
-        opts = best + NO_ROTATIONS
+        opts = best_solver + NO_ROTATIONS
         rows.append(run_model(settings, case, MASK_RCNN, opts, budget, "sweep_no_rot", evals=1))
     return rows
